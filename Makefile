@@ -1,0 +1,17 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+.PHONY: setup demo test contracts bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/paychan demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+contracts:
+	node contracts/build.js
+
+bench: setup
+	.venv/bin/python bench/gas.py

@@ -1,0 +1,1 @@
+"""Solidity sources, compiled artifacts and deploy helpers for the settlement contracts."""

@@ -1,0 +1,1 @@
+"""The paychan gateway: the aiohttp application that sells classifications over x402."""

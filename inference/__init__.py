@@ -1,0 +1,1 @@
+"""The image classifier: preprocessing, the timm model, the dynamic batcher."""
