@@ -29,6 +29,11 @@ from gateway.cli._common import CliError, EXIT_CODES_HELP
 
 # One module per subcommand; add yours here.
 _COMMAND_MODULES: list[str] = [
+    "serve",
+    "classify_local",
+    "deploy",
+    "devnet",
+    "demo",
 ]
 
 
