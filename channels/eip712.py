@@ -1,0 +1,327 @@
+"""EIP-712 hashing for the batch-settlement contract, the ERC-3009 token and our receipts.
+
+Hand-packed `abi.encode` of fixed-size words and a C keccak; no eth-account on the hot path.
+Every digest equals eth-account's `encode_typed_data` and the contract's `get*Digest`:
+
+    >>> d = voucher_digest(8453, CANONICAL_SETTLEMENT_ADDRESS, channel_id, 5_000)
+    >>> len(d)
+    32
+
+Addresses may be given as 20 raw bytes (fastest) or as 0x-hex strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # wire imports this module, so only the type names come back here
+    from .wire import ChannelConfig, Receipt
+
+try:  # safe-pysha3 (eth-hash's "pysha3" backend): ~1.5 µs per hash instead of ~11 µs
+    from sha3 import keccak_256 as _keccak_256
+
+    def keccak256(data: bytes) -> bytes:
+        """keccak256(data) as 32 bytes: `keccak256(b"") .hex()[:8] == "c5d24601"`."""
+        return _keccak_256(data).digest()
+
+except ImportError:  # pragma: no cover - fallback keeps correctness when the C module is absent
+    from Crypto.Hash import keccak as _pycryptodome_keccak
+
+    def keccak256(data: bytes) -> bytes:
+        """keccak256(data) as 32 bytes: `keccak256(b"") .hex()[:8] == "c5d24601"`."""
+        return _pycryptodome_keccak.new(digest_bits=256, data=data).digest()
+
+
+__all__ = [
+    "BATCH_SETTLEMENT_DOMAIN_NAME",
+    "BATCH_SETTLEMENT_DOMAIN_VERSION",
+    "CANONICAL_ERC3009_COLLECTOR_ADDRESS",
+    "CANONICAL_SETTLEMENT_ADDRESS",
+    "CHANNEL_CONFIG_TYPE",
+    "CLAIM_BATCH_TYPE",
+    "CLAIM_ENTRY_TYPE",
+    "EIP712_DOMAIN_TYPE",
+    "RECEIPT_DOMAIN_NAME",
+    "RECEIPT_DOMAIN_VERSION",
+    "RECEIPT_TYPE",
+    "RECEIVE_WITH_AUTHORIZATION_TYPE",
+    "REFUND_TYPE",
+    "VOUCHER_TYPE",
+    "ZERO_ADDRESS",
+    "ClaimEntry",
+    "channel_id",
+    "checksum_address",
+    "claim_batch_digest",
+    "domain_separator",
+    "erc3009_deposit_nonce",
+    "hash_typed_data",
+    "keccak256",
+    "receipt_digest",
+    "receive_with_authorization_digest",
+    "refund_digest",
+    "to_address",
+    "voucher_digest",
+]
+
+# --- type strings (exactly the contract's; x402 constants.py / x402BatchSettlement.sol) ---
+EIP712_DOMAIN_TYPE = (
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+CHANNEL_CONFIG_TYPE = (
+    "ChannelConfig(address payer,address payerAuthorizer,address receiver,"
+    "address receiverAuthorizer,address token,uint40 withdrawDelay,bytes32 salt)"
+)
+VOUCHER_TYPE = "Voucher(bytes32 channelId,uint128 maxClaimableAmount)"
+REFUND_TYPE = "Refund(bytes32 channelId,uint256 nonce,uint128 amount)"
+CLAIM_ENTRY_TYPE = "ClaimEntry(bytes32 channelId,uint128 maxClaimableAmount,uint128 totalClaimed)"
+CLAIM_BATCH_TYPE = "ClaimBatch(ClaimEntry[] claims)" + CLAIM_ENTRY_TYPE
+RECEIVE_WITH_AUTHORIZATION_TYPE = (
+    "ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    "uint256 validBefore,bytes32 nonce)"
+)
+# Ours (TEAM.md): signed by the gateway's receiver-authorizer key in every paid answer.
+RECEIPT_TYPE = (
+    "Receipt(bytes32 channelId,bytes32 requestDigest,bytes32 resultDigest,bytes32 modelVersion,"
+    "uint128 chargedAmount,uint128 cumulativeCharged)"
+)
+
+BATCH_SETTLEMENT_DOMAIN_NAME = "x402 Batch Settlement"
+BATCH_SETTLEMENT_DOMAIN_VERSION = "1"
+RECEIPT_DOMAIN_NAME = "paychan Receipt"
+RECEIPT_DOMAIN_VERSION = "1"
+
+# CREATE2 addresses from the spec; our dev chains place our contracts there too.
+CANONICAL_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+CANONICAL_ERC3009_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004"
+
+ZERO_ADDRESS = bytes(20)
+
+_DOMAIN_TYPEHASH = keccak256(EIP712_DOMAIN_TYPE.encode())
+_CHANNEL_CONFIG_TYPEHASH = keccak256(CHANNEL_CONFIG_TYPE.encode())
+_VOUCHER_TYPEHASH = keccak256(VOUCHER_TYPE.encode())
+_REFUND_TYPEHASH = keccak256(REFUND_TYPE.encode())
+_CLAIM_ENTRY_TYPEHASH = keccak256(CLAIM_ENTRY_TYPE.encode())
+_CLAIM_BATCH_TYPEHASH = keccak256(CLAIM_BATCH_TYPE.encode())
+_RECEIVE_TYPEHASH = keccak256(RECEIVE_WITH_AUTHORIZATION_TYPE.encode())
+_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+
+_PAD12 = bytes(12)
+_U128_LIMIT = 1 << 128
+_U256_LIMIT = 1 << 256
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+# --- addresses --------------------------------------------------------------------------
+
+
+def to_address(value: str | bytes) -> bytes:
+    """20 raw address bytes from `0x`-hex (any case) or bytes: `to_address("0x00..01")[-1] == 1`.
+
+    Raises ValueError naming the fix when the input is not exactly 20 bytes.
+    """
+    if isinstance(value, bytes):
+        if len(value) != 20:
+            raise ValueError(f"address must be 20 bytes, got {len(value)}")
+        return value
+    if not isinstance(value, str) or len(value) != 42 or value[:2] not in ("0x", "0X"):
+        raise ValueError(f"address must be '0x' + 40 hex digits, got {value!r:.60}")
+    if not _HEX.issuperset(value[2:]):
+        raise ValueError(f"address has a non-hex digit: {value!r}")
+    return bytes.fromhex(value[2:])
+
+
+@lru_cache(maxsize=4096)
+def checksum_address(value: str | bytes) -> str:
+    """EIP-55 checksum form: `checksum_address(bytes(20)) == "0x" + "0" * 40`."""
+    raw = to_address(value).hex()
+    h = keccak256(raw.encode()).hex()
+    return "0x" + "".join(c.upper() if int(h[i], 16) >= 8 else c for i, c in enumerate(raw))
+
+
+def _addr_word(value: str | bytes) -> bytes:
+    return _PAD12 + (value if isinstance(value, bytes) and len(value) == 20 else to_address(value))
+
+
+def _uint(value: int, limit: int, name: str) -> bytes:
+    if not 0 <= value < limit:
+        bits = limit.bit_length() - 1
+        raise ValueError(f"{name} must be a uint{bits} (0 <= x < 2**{bits}), got {value}")
+    return value.to_bytes(32, "big")
+
+
+def _b32(value: bytes, name: str) -> bytes:
+    if len(value) != 32:
+        raise ValueError(f"{name} must be 32 bytes, got {len(value)}")
+    return value
+
+
+# --- domains ----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=512)
+def domain_separator(
+    chain_id: int,
+    verifying_contract: str | bytes,
+    name: str = BATCH_SETTLEMENT_DOMAIN_NAME,
+    version: str = BATCH_SETTLEMENT_DOMAIN_VERSION,
+) -> bytes:
+    """EIP-712 domain separator, cached per (chain, contract, name, version).
+
+    >>> sep = domain_separator(31337, CANONICAL_SETTLEMENT_ADDRESS)
+    >>> usdc = domain_separator(8453, "0x8335...2913", "USD Coin", "2")  # a token domain
+    """
+    return keccak256(
+        _DOMAIN_TYPEHASH
+        + keccak256(name.encode())
+        + keccak256(version.encode())
+        + _uint(chain_id, _U256_LIMIT, "chainId")
+        + _addr_word(verifying_contract)
+    )
+
+
+def hash_typed_data(separator: bytes, struct_hash: bytes) -> bytes:
+    """The EIP-712 digest `keccak256(0x1901 ‖ domainSeparator ‖ structHash)`."""
+    return keccak256(b"\x19\x01" + separator + struct_hash)
+
+
+# --- batch-settlement types -------------------------------------------------------------
+
+
+@lru_cache(maxsize=8192)
+def channel_id(config: ChannelConfig, chain_id: int, contract: str | bytes) -> bytes:
+    """The contract's `getChannelId(config)`: EIP-712 hash of ChannelConfig (cached).
+
+    >>> cid = channel_id(config, 8453, CANONICAL_SETTLEMENT_ADDRESS)  # 32 bytes
+    """
+    struct_hash = keccak256(
+        _CHANNEL_CONFIG_TYPEHASH
+        + _addr_word(config.payer)
+        + _addr_word(config.payer_authorizer)
+        + _addr_word(config.receiver)
+        + _addr_word(config.receiver_authorizer)
+        + _addr_word(config.token)
+        + _uint(config.withdraw_delay, 1 << 40, "withdrawDelay")
+        + _b32(config.salt, "salt")
+    )
+    return hash_typed_data(domain_separator(chain_id, contract), struct_hash)
+
+
+def voucher_digest(
+    chain_id: int, contract: str | bytes, channel_id: bytes, max_claimable: int
+) -> bytes:
+    """The contract's `getVoucherDigest(channelId, maxClaimableAmount)`.
+
+    >>> digest = voucher_digest(8453, CANONICAL_SETTLEMENT_ADDRESS, cid, 1_000)
+    """
+    if len(channel_id) != 32:
+        raise ValueError(f"channel_id must be 32 bytes, got {len(channel_id)}")
+    if not 0 <= max_claimable < _U128_LIMIT:
+        raise ValueError(f"max_claimable must be a uint128, got {max_claimable}")
+    return keccak256(
+        b"\x19\x01"
+        + domain_separator(chain_id, contract)
+        + keccak256(_VOUCHER_TYPEHASH + channel_id + max_claimable.to_bytes(32, "big"))
+    )
+
+
+def refund_digest(
+    chain_id: int, contract: str | bytes, channel_id: bytes, nonce: int, amount: int
+) -> bytes:
+    """The contract's `getRefundDigest(channelId, nonce, amount)` (receiver authorizer signs)."""
+    struct_hash = keccak256(
+        _REFUND_TYPEHASH
+        + _b32(channel_id, "channel_id")
+        + _uint(nonce, _U256_LIMIT, "nonce")
+        + _uint(amount, _U128_LIMIT, "amount")
+    )
+    return hash_typed_data(domain_separator(chain_id, contract), struct_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimEntry:
+    """One row of a signed ClaimBatch: `ClaimEntry(cid, 900, 800)` (ceiling, claimed total)."""
+
+    channel_id: bytes
+    max_claimable_amount: int
+    total_claimed: int
+
+
+def claim_batch_digest(
+    chain_id: int, contract: str | bytes, entries: Sequence[ClaimEntry]
+) -> bytes:
+    """The contract's `getClaimBatchDigest(voucherClaims)` over the rows' channel ids.
+
+    >>> claim_batch_digest(8453, settlement, [ClaimEntry(cid, 900, 900)])
+    """
+    rows = b"".join(
+        keccak256(
+            _CLAIM_ENTRY_TYPEHASH
+            + _b32(e.channel_id, "channel_id")
+            + _uint(e.max_claimable_amount, _U128_LIMIT, "maxClaimableAmount")
+            + _uint(e.total_claimed, _U128_LIMIT, "totalClaimed")
+        )
+        for e in entries
+    )
+    struct_hash = keccak256(_CLAIM_BATCH_TYPEHASH + keccak256(rows))
+    return hash_typed_data(domain_separator(chain_id, contract), struct_hash)
+
+
+# --- ERC-3009 deposit authorization -----------------------------------------------------
+
+
+def erc3009_deposit_nonce(channel_id: bytes, salt: bytes) -> bytes:
+    """The collector's ERC-3009 nonce `keccak256(abi.encode(bytes32 channelId, uint256 salt))`."""
+    return keccak256(_b32(channel_id, "channel_id") + _b32(salt, "salt"))
+
+
+def receive_with_authorization_digest(
+    chain_id: int,
+    token: str | bytes,
+    token_name: str,
+    token_version: str,
+    *,
+    from_: str | bytes,
+    to: str | bytes,
+    value: int,
+    valid_after: int,
+    valid_before: int,
+    nonce: bytes,
+) -> bytes:
+    """ERC-3009 `ReceiveWithAuthorization` digest under the token's own EIP-712 domain.
+
+    >>> receive_with_authorization_digest(31337, usdc, "USD Coin", "2", from_=payer,
+    ...     to=collector, value=10**6, valid_after=0, valid_before=t, nonce=n)
+    """
+    struct_hash = keccak256(
+        _RECEIVE_TYPEHASH
+        + _addr_word(from_)
+        + _addr_word(to)
+        + _uint(value, _U256_LIMIT, "value")
+        + _uint(valid_after, _U256_LIMIT, "validAfter")
+        + _uint(valid_before, _U256_LIMIT, "validBefore")
+        + _b32(nonce, "nonce")
+    )
+    return hash_typed_data(
+        domain_separator(chain_id, token, token_name, token_version), struct_hash
+    )
+
+
+# --- our receipts -----------------------------------------------------------------------
+
+
+def receipt_digest(chain_id: int, contract: str | bytes, receipt: Receipt) -> bytes:
+    """Digest of our `Receipt` under {"paychan Receipt", "1", chainId, the settlement contract}."""
+    struct_hash = keccak256(
+        _RECEIPT_TYPEHASH
+        + _b32(receipt.channel_id, "channelId")
+        + _b32(receipt.request_digest, "requestDigest")
+        + _b32(receipt.result_digest, "resultDigest")
+        + _b32(receipt.model_version, "modelVersion")
+        + _uint(receipt.charged_amount, _U128_LIMIT, "chargedAmount")
+        + _uint(receipt.cumulative_charged, _U128_LIMIT, "cumulativeCharged")
+    )
+    separator = domain_separator(chain_id, contract, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
+    return hash_typed_data(separator, struct_hash)

@@ -1,0 +1,815 @@
+"""The payer side of a channel (the SDK's core, no I/O but its own SQLite file).
+
+A `Payer` turns a server's `PaymentRequirements` into signed `PAYMENT-SIGNATURE` payloads
+(deposit, voucher or refund), checks every `PAYMENT-RESPONSE` against the spec's client
+verification rules and our signed receipt, and keeps its cumulative state durably, so a
+restarted client resumes where it stopped. Several requests may ride one channel at once:
+each reserves its price on the payer side and signs the ceiling charged + in flight + price.
+
+    >>> payer = Payer(Signer(key), "payer.sqlite", settlement=dep.settlement)
+    >>> payment = payer.pay(requirements)                  # deposit first, vouchers after
+    >>> headers = {"PAYMENT-SIGNATURE": payment.header}
+    >>> payer.settle(payment, parse_payment_response(resp.headers["PAYMENT-RESPONSE"]))
+    >>> payer.release(payment)                              # a failure the server did not charge
+    >>> payer.recover(payment, parse_payment_required(resp.headers["PAYMENT-REQUIRED"]))
+
+Ceilings never go below the highest voucher signed before, except where the server proves,
+with the payer's own voucher signature, a lower state (the spec's corrective 402) and for the
+spec's zero-charge refund voucher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Self
+
+from .eip712 import (
+    CANONICAL_ERC3009_COLLECTOR_ADDRESS,
+    CANONICAL_SETTLEMENT_ADDRESS,
+    channel_id,
+    erc3009_deposit_nonce,
+    receive_with_authorization_digest,
+    to_address,
+    voucher_digest,
+)
+from .errors import ErrorCode, PaymentError
+from .signing import Signer
+from .verify import recover_address, verify_receipt
+from .wire import (
+    ChannelConfig,
+    Deposit,
+    DepositPayload,
+    Erc3009Authorization,
+    PaymentPayload,
+    PaymentRequired,
+    PaymentRequirements,
+    RefundPayload,
+    ResourceInfo,
+    SettleResponse,
+    Voucher,
+    VoucherPayload,
+    encode_payment_signature,
+    parse_payment_required,
+    parse_payment_response,
+)
+
+__all__ = ["ChannelHalted", "ChannelRecord", "PaidResponse", "Payer", "Payment", "PaymentClient"]
+
+DEFAULT_DEPOSIT_MULTIPLIER = 10  # deposit this many request prices when no amount is set
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    channel_id   BLOB PRIMARY KEY,
+    chain_id     INTEGER NOT NULL,
+    settlement   BLOB NOT NULL,
+    config       TEXT NOT NULL,
+    signed_floor TEXT NOT NULL,
+    signed_max   TEXT NOT NULL,
+    signature    BLOB,
+    charged      TEXT NOT NULL,
+    balance      TEXT NOT NULL,
+    halted       TEXT
+)
+"""
+
+
+class ChannelHalted(RuntimeError):
+    """The server broke a client verification rule on this channel: sign nothing more on it.
+
+    The spec's advice is to start a timed withdrawal (`initiateWithdraw`) for the rest.
+    """
+
+    def __init__(self, channel_id: bytes, reason: str) -> None:
+        self.channel_id = channel_id
+        self.reason = reason
+        super().__init__(f"channel 0x{channel_id.hex()} halted: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRecord:
+    """The payer's durable view of one channel (amounts in token base units)."""
+
+    channel_id: bytes
+    chain_id: int
+    settlement: bytes
+    config: ChannelConfig
+    signed_floor: int  # no ceiling is signed below this (raised by every voucher signed)
+    signed_max: int  # the highest ceiling ever signed: the payer's exposure on this channel
+    signature: bytes | None  # the voucher signature at signed_floor
+    charged: int  # cumulative charge the server proved (responses and receipts verified)
+    balance: int  # channel balance as last known (deposits and the server's snapshot)
+    halted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """One signed payment, in flight until `settle`, `release` or `recover` resolves it."""
+
+    id: int
+    channel_id: bytes
+    requirements: PaymentRequirements
+    payload: PaymentPayload
+    price: int
+    ceiling: int
+    deposit_amount: int | None = None
+
+    @property
+    def header(self) -> str:
+        """The `PAYMENT-SIGNATURE` header value."""
+        return encode_payment_signature(self.payload)
+
+
+@dataclass(slots=True)
+class _Live:
+    """In-memory state of a channel: what is in flight right now (lost on restart, on purpose)."""
+
+    in_flight: dict[int, int]  # payment id -> price reserved
+    deposits: dict[int, int]  # payment id -> deposit amount not yet confirmed
+    maybe_charged: int = 0  # released payments whose outcome is unknown (timeouts)
+    max_reported: int = 0  # highest chargedCumulativeAmount the server reported
+
+
+class Payer:
+    """Signs channel payments for one payer key and keeps its state in a SQLite file.
+
+    One process at a time per file: the reservations of requests in flight live in memory.
+
+    Args:
+        signer: the payer's key (deposits; and vouchers unless `voucher_signer` is given).
+        path: SQLite file holding the channels (":memory:" for a throwaway payer).
+        voucher_signer: the payerAuthorizer key that signs vouchers, if not `signer`.
+        salt: the channel salt (32 bytes); another salt opens another channel.
+        settlement, collector: the batch-settlement and ERC-3009 collector contracts.
+        deposit_amount: how much one deposit adds (default: 10 request prices, at least
+            the server's minDeposit and what the ceiling needs).
+        require_receipt: refuse answers without our signed receipt (servers other than
+            paychan's gateway send none).
+    """
+
+    def __init__(
+        self,
+        signer: Signer,
+        path: str | Path,
+        *,
+        voucher_signer: Signer | None = None,
+        salt: bytes = bytes(32),
+        settlement: str | bytes = CANONICAL_SETTLEMENT_ADDRESS,
+        collector: str | bytes = CANONICAL_ERC3009_COLLECTOR_ADDRESS,
+        deposit_amount: int | None = None,
+        require_receipt: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if len(salt) != 32:
+            raise ValueError(f"salt must be 32 bytes, got {len(salt)}")
+        self.signer = signer
+        self.voucher_signer = voucher_signer or signer
+        self.salt = salt
+        self.settlement = to_address(settlement)
+        self.collector = to_address(collector)
+        self.deposit_amount = deposit_amount
+        self.require_receipt = require_receipt
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._live: dict[bytes, _Live] = {}
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a signed ceiling is on disk before it leaves
+        self._db.execute(_SCHEMA)
+
+    # --- queries ---------------------------------------------------------------------
+
+    def channel_config(self, requirements: PaymentRequirements) -> ChannelConfig:
+        """The channel this payer uses for an offer (payTo, receiverAuthorizer, asset, delay)."""
+        return ChannelConfig(
+            payer=self.signer.address_bytes,
+            payer_authorizer=self.voucher_signer.address_bytes,
+            receiver=requirements.pay_to,
+            receiver_authorizer=requirements.extra.receiver_authorizer,
+            token=requirements.asset,
+            withdraw_delay=requirements.extra.withdraw_delay,
+            salt=self.salt,
+        )
+
+    def channel_id(self, requirements: PaymentRequirements) -> bytes:
+        """The channel id for an offer on its chain and this payer's settlement contract."""
+        return channel_id(self.channel_config(requirements), requirements.chain_id, self.settlement)
+
+    def channel(self, cid: bytes) -> ChannelRecord | None:
+        """The stored record of a channel, or None."""
+        row = self._db.execute("SELECT * FROM channels WHERE channel_id = ?", (cid,)).fetchone()
+        return None if row is None else _record(row)
+
+    def channels(self) -> list[ChannelRecord]:
+        """Every channel this payer has signed for."""
+        return [_record(r) for r in self._db.execute("SELECT * FROM channels ORDER BY rowid")]
+
+    def in_flight(self, cid: bytes) -> int:
+        """Sum of the prices of this channel's unresolved payments."""
+        live = self._live.get(cid)
+        return sum(live.in_flight.values()) if live else 0
+
+    # --- paying ----------------------------------------------------------------------
+
+    def pay(
+        self, requirements: PaymentRequirements, *, resource: ResourceInfo | None = None
+    ) -> Payment:
+        """Sign the next payment for one request priced `requirements.amount`.
+
+        A deposit payload when the channel's known balance does not cover the new ceiling,
+        a voucher payload otherwise. Raises ChannelHalted after a failed verification.
+        """
+        price = requirements.amount
+        config = self.channel_config(requirements)
+        chain_id = requirements.chain_id
+        cid = channel_id(config, chain_id, self.settlement)
+        with self._lock, self._transaction():
+            rec = self.channel(cid) or self._new_record(cid, chain_id, config)
+            if rec.halted:
+                raise ChannelHalted(cid, rec.halted)
+            live = self._live_of(cid, rec)
+            reserved = sum(live.in_flight.values())
+            ceiling = max(rec.signed_floor, rec.charged + live.maybe_charged + reserved + price)
+            available = rec.balance + sum(live.deposits.values())
+            digest = voucher_digest(chain_id, self.settlement, cid, ceiling)
+            voucher = Voucher(cid, ceiling, self.voucher_signer.sign_digest(digest))
+            pid = next(self._ids)
+            deposit_amount = None
+            if ceiling > available:
+                deposit_amount = self._deposit_size(requirements, ceiling - available)
+                body = DepositPayload(
+                    config, voucher, self._deposit(requirements, cid, deposit_amount)
+                )
+            else:
+                body = VoucherPayload(config, voucher)
+            self._db.execute(
+                "UPDATE channels SET signed_floor = ?, signed_max = ?, signature = ? "
+                "WHERE channel_id = ?",
+                (str(ceiling), str(max(ceiling, rec.signed_max)), voucher.signature, cid),
+            )
+            live.in_flight[pid] = price  # only once the ceiling is durable
+            if deposit_amount is not None:
+                live.deposits[pid] = deposit_amount
+        payload = PaymentPayload(requirements, body, resource)
+        return Payment(pid, cid, requirements, payload, price, ceiling, deposit_amount)
+
+    def refund(
+        self,
+        requirements: PaymentRequirements,
+        amount: int | None = None,
+        *,
+        resource: ResourceInfo | None = None,
+    ) -> Payment:
+        """Sign a cooperative refund request: the spec's zero-charge voucher at `charged`.
+
+        `amount` None asks for everything unclaimed. Needs no payment in flight.
+        """
+        if amount is not None and amount <= 0:
+            raise ValueError("refund amount must be positive; None refunds everything")
+        chain_id = requirements.chain_id
+        config = self.channel_config(requirements)
+        cid = channel_id(config, chain_id, self.settlement)
+        with self._lock:
+            rec = self.channel(cid)
+            if rec is None:
+                raise ValueError(f"no channel 0x{cid.hex()} to refund: deposit first")
+            if rec.halted:
+                raise ChannelHalted(cid, rec.halted)
+            if self.in_flight(cid):
+                raise ValueError("refund needs no payment in flight on the channel")
+            digest = voucher_digest(chain_id, self.settlement, cid, rec.charged)
+            voucher = Voucher(cid, rec.charged, self.voucher_signer.sign_digest(digest))
+            pid = next(self._ids)
+        body = RefundPayload(config, voucher, amount)
+        return Payment(
+            pid, cid, requirements, PaymentPayload(requirements, body, resource), 0, rec.charged
+        )
+
+    # --- answers ---------------------------------------------------------------------
+
+    def settle(
+        self, payment: Payment, response: SettleResponse, *, request_digest: bytes | None = None
+    ) -> ChannelRecord:
+        """Check a paid answer's `PAYMENT-RESPONSE` and record the charge.
+
+        The spec's client rules: chargedAmount <= the price; the channel id matches; the
+        reported cumulative charge is consistent with what this payer has paid and has in
+        flight; the balance covers it; our receipt (when sent, or when required) is signed by
+        the receiverAuthorizer and repeats the same figures. Any failure halts the channel
+        (ChannelHalted) and nothing is recorded.
+        """
+        if isinstance(payment.payload.payload, RefundPayload):
+            return self._settle_refund(payment, response)
+        cid = payment.channel_id
+        with self._lock, self._transaction():
+            rec = self.channel(cid)
+            live = self._live_of(cid, rec)
+            if payment.id not in live.in_flight:
+                raise ValueError(f"payment {payment.id} is not in flight (settled or released)")
+            try:
+                charged, reported, balance = self._check_response(payment, response, request_digest)
+            except PaymentError as exc:
+                live.in_flight.pop(payment.id)
+                live.deposits.pop(payment.id, None)
+                self._halt(rec, f"{exc.field}: {exc.message}")
+                raise ChannelHalted(cid, f"{exc.field}: {exc.message}") from exc
+            live.in_flight.pop(payment.id)
+            live.deposits.pop(payment.id, None)
+            new_charged = rec.charged + charged
+            live.max_reported = max(live.max_reported, reported)
+            outstanding = sum(live.in_flight.values())
+            problem = None
+            if live.max_reported > new_charged + outstanding + live.maybe_charged:
+                problem = (
+                    f"server reports cumulative {live.max_reported} but this payer was charged "
+                    f"{new_charged} with {outstanding + live.maybe_charged} at most outstanding"
+                )
+            elif not outstanding:
+                if live.max_reported < new_charged:
+                    problem = (
+                        f"server reports cumulative {live.max_reported}, below the "
+                        f"{new_charged} it charged"
+                    )
+                else:  # quiescent: absorb the charges of timed-out payments, now known
+                    new_charged = live.max_reported
+                    live.maybe_charged = 0
+            if problem is None and balance < live.max_reported:
+                problem = (
+                    f"channel balance {balance} is below the charged total {live.max_reported}"
+                )
+            if problem:
+                self._halt(rec, problem)
+                raise ChannelHalted(cid, problem)
+            new_balance = balance  # the server mirrors the chain, deposit included
+            self._db.execute(
+                "UPDATE channels SET charged = ?, balance = ? WHERE channel_id = ?",
+                (str(new_charged), str(new_balance), cid),
+            )
+            return replace(rec, charged=new_charged, balance=new_balance)
+
+    def release(self, payment: Payment, *, maybe_charged: bool = False) -> None:
+        """Forget a payment the server did not charge (an error answer, a refused payment).
+
+        `maybe_charged=True` for a payment whose answer never came (timeout, lost
+        connection): the server may have charged it, so its price stays counted until a
+        later answer tells.
+        """
+        with self._lock:
+            live = self._live.get(payment.channel_id)
+            if live is None or payment.id not in live.in_flight:
+                return
+            price = live.in_flight.pop(payment.id)
+            live.deposits.pop(payment.id, None)
+            if maybe_charged:
+                live.maybe_charged += price
+
+    def recover(self, payment: Payment, required: PaymentRequired) -> bool:
+        """Adopt the server's state from a corrective 402, after verifying its proof.
+
+        The 402 must carry `cumulative_amount_mismatch`, the channel's `channelState` with
+        `chargedCumulativeAmount`, and `voucherState` with a voucher this payer's own voucher
+        key signed at `signedMaxClaimable` >= that charge. Returns False (and adopts nothing)
+        otherwise. The payment is released either way; pay again afterwards.
+        """
+        self.release(payment)
+        if required.error not in (
+            ErrorCode.CUMULATIVE_AMOUNT_MISMATCH,
+            ErrorCode.CUMULATIVE_BELOW_CLAIMED,
+        ):
+            return False
+        offer = next(
+            (
+                a
+                for a in required.accepts
+                if a.matches(payment.requirements) and a.extra.voucher_state
+            ),
+            None,
+        )
+        if offer is None or offer.extra.channel_state is None:
+            return False
+        cs, vs = offer.extra.channel_state, offer.extra.voucher_state
+        assert vs is not None
+        cid = payment.channel_id
+        charged = cs.charged_cumulative_amount
+        if cs.channel_id != cid or charged is None or charged > vs.signed_max_claimable:
+            return False
+        if cs.balance < charged:
+            return False
+        digest = voucher_digest(
+            payment.requirements.chain_id, self.settlement, cid, vs.signed_max_claimable
+        )
+        try:
+            signer = recover_address(digest, vs.signature, field="extra.voucherState.signature")
+        except PaymentError:
+            return False
+        if signer != self.voucher_signer.address_bytes:
+            return False
+        with self._lock, self._transaction():
+            rec = self.channel(cid)
+            if rec is None or rec.halted:
+                return False
+            live = self._live_of(cid, rec)
+            live.maybe_charged = 0
+            live.max_reported = charged
+            self._db.execute(
+                "UPDATE channels SET charged = ?, signed_floor = ?, signed_max = ?, signature = ?,"
+                " balance = ? WHERE channel_id = ?",
+                (
+                    str(charged),
+                    str(vs.signed_max_claimable),
+                    str(max(rec.signed_max, vs.signed_max_claimable)),
+                    vs.signature,
+                    str(cs.balance),
+                    cid,
+                ),
+            )
+        return True
+
+    def resync(
+        self, requirements: PaymentRequirements, *, balance: int, total_claimed: int
+    ) -> None:
+        """Cold start from on-chain `channels(channelId)`: charged = totalClaimed (the spec).
+
+        For a payer that lost its file or never had one; the caller reads the chain.
+        """
+        config = self.channel_config(requirements)
+        cid = channel_id(config, requirements.chain_id, self.settlement)
+        with self._lock, self._transaction():
+            rec = self.channel(cid) or self._new_record(cid, requirements.chain_id, config)
+            # never forget charges this payer already proved
+            total_claimed = max(total_claimed, rec.charged)
+            floor = max(rec.signed_floor, total_claimed)
+            self._db.execute(
+                "UPDATE channels SET charged = ?, balance = ?, signed_floor = ?"
+                " WHERE channel_id = ?",
+                (str(total_claimed), str(balance), str(floor), cid),
+            )
+            live = self._live_of(cid, rec)
+            live.max_reported = total_claimed
+
+    def close(self) -> None:
+        """Close the SQLite file."""
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+    def _live_of(self, cid: bytes, rec: ChannelRecord | None) -> _Live:
+        live = self._live.get(cid)
+        if live is None:
+            live = self._live[cid] = _Live({}, {}, 0, rec.charged if rec else 0)
+        return live
+
+    def _new_record(self, cid: bytes, chain_id: int, config: ChannelConfig) -> ChannelRecord:
+        self._db.execute(
+            "INSERT INTO channels (channel_id, chain_id, settlement, config, signed_floor,"
+            " signed_max, signature, charged, balance)"
+            " VALUES (?, ?, ?, ?, '0', '0', NULL, '0', '0')",
+            (cid, chain_id, self.settlement, json.dumps(config.to_json())),
+        )
+        return ChannelRecord(cid, chain_id, self.settlement, config, 0, 0, None, 0, 0)
+
+    def _halt(self, rec: ChannelRecord | None, reason: str) -> None:
+        if rec is not None:
+            self._db.execute(
+                "UPDATE channels SET halted = ? WHERE channel_id = ?", (reason, rec.channel_id)
+            )
+
+    def _deposit_size(self, requirements: PaymentRequirements, needed: int) -> int:
+        wanted = self.deposit_amount or DEFAULT_DEPOSIT_MULTIPLIER * requirements.amount
+        return max(needed, wanted, requirements.extra.min_deposit or 0)
+
+    def _deposit(self, requirements: PaymentRequirements, cid: bytes, amount: int) -> Deposit:
+        valid_before = int(self._clock()) + max(requirements.max_timeout_seconds, 60)
+        salt = os.urandom(32)
+        digest = receive_with_authorization_digest(
+            requirements.chain_id,
+            requirements.asset,
+            requirements.extra.name,
+            requirements.extra.version,
+            from_=self.signer.address_bytes,
+            to=self.collector,
+            value=amount,
+            valid_after=0,
+            valid_before=valid_before,
+            nonce=erc3009_deposit_nonce(cid, salt),
+        )
+        auth = Erc3009Authorization(0, valid_before, salt, self.signer.sign_digest(digest))
+        return Deposit(amount, auth)
+
+    def _check_response(
+        self, payment: Payment, response: SettleResponse, request_digest: bytes | None
+    ) -> tuple[int, int, int]:
+        """(chargedAmount, chargedCumulativeAmount, balance) of a verified paid answer."""
+        fail = _failer(ErrorCode.INVALID_PAYLOAD)
+        if not response.success:
+            raise fail("success", f"is false ({response.error_reason})")
+        extra = response.extra
+        if extra is None or extra.charged_amount is None:
+            raise fail("extra.chargedAmount", "is required on a paid answer")
+        cs = extra.channel_state
+        if cs is None or cs.charged_cumulative_amount is None:
+            raise fail("extra.channelState.chargedCumulativeAmount", "is required")
+        charged, reported = extra.charged_amount, cs.charged_cumulative_amount
+        if charged > payment.price:
+            raise fail("extra.chargedAmount", f"{charged} exceeds the price {payment.price}")
+        if cs.channel_id != payment.channel_id:
+            raise fail("extra.channelState.channelId", "is not this payment's channel")
+        if response.network != payment.requirements.network:
+            raise fail("network", f"{response.network} is not {payment.requirements.network}")
+        if payment.deposit_amount is not None and response.amount not in (
+            None,
+            payment.deposit_amount,
+        ):
+            raise fail("amount", f"deposited {response.amount}, signed {payment.deposit_amount}")
+        receipt = extra.receipt
+        if receipt is None:
+            if self.require_receipt:
+                raise fail("extra.receipt", "is required (require_receipt=True)")
+            return charged, reported, cs.balance
+        verify_receipt(
+            receipt,
+            payment.requirements.chain_id,
+            self.settlement,
+            payment.requirements.extra.receiver_authorizer,
+        )
+        r = receipt.receipt
+        if r.channel_id != payment.channel_id:
+            raise fail("extra.receipt.channelId", "is not this payment's channel")
+        if r.charged_amount != charged or r.cumulative_charged != reported:
+            raise fail(
+                "extra.receipt", "charge figures differ from extra.chargedAmount/channelState"
+            )
+        if request_digest is not None and r.request_digest != request_digest:
+            raise fail("extra.receipt.requestDigest", "is not the digest of the request sent")
+        return charged, reported, cs.balance
+
+    def _settle_refund(self, payment: Payment, response: SettleResponse) -> ChannelRecord:
+        cid = payment.channel_id
+        with self._lock, self._transaction():
+            rec = self.channel(cid)
+            assert rec is not None
+            if not response.success:
+                return rec
+            refunded = response.amount or 0
+            cs = response.extra.channel_state if response.extra else None
+            balance = cs.balance if cs is not None else max(rec.balance - refunded, rec.charged)
+            self._db.execute(
+                "UPDATE channels SET balance = ? WHERE channel_id = ?", (str(balance), cid)
+            )
+            return replace(rec, balance=balance)
+
+
+def _failer(code: ErrorCode) -> Callable[[str, str], PaymentError]:
+    return lambda field, message: PaymentError(code, field, message)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT: several payer processes may share one file."""
+
+    __slots__ = ("_db", "_owner")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._owner = True
+        else:
+            self._owner = False
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if not self._owner:
+            return
+        self._db.execute(
+            "ROLLBACK" if exc_type is not None and exc_type is not ChannelHalted else "COMMIT"
+        )
+
+
+def _record(row: tuple) -> ChannelRecord:
+    cid, chain_id, settlement, config, floor, smax, sig, charged, balance, halted = row
+    c = json.loads(config)
+    cfg = ChannelConfig(
+        to_address(c["payer"]),
+        to_address(c["payerAuthorizer"]),
+        to_address(c["receiver"]),
+        to_address(c["receiverAuthorizer"]),
+        to_address(c["token"]),
+        int(c["withdrawDelay"]),
+        bytes.fromhex(c["salt"][2:]),
+    )
+    return ChannelRecord(
+        cid,
+        chain_id,
+        settlement,
+        cfg,
+        int(floor),
+        int(smax),
+        sig,
+        int(charged),
+        int(balance),
+        halted,
+    )
+
+
+# --- the HTTP shell ------------------------------------------------------------------------
+
+_MISMATCH = (ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED)
+
+
+@dataclass(frozen=True, slots=True)
+class PaidResponse:
+    """An HTTP answer with what it cost: `payment` None when nothing was paid."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    payment: Payment | None = None
+    settlement: SettleResponse | None = None
+    required: PaymentRequired | None = None  # the 402's terms, when the answer is a 402
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class PaymentClient:
+    """Pays for HTTP requests over x402 batch-settlement with a `Payer` (aiohttp).
+
+        >>> async with PaymentClient(Payer(Signer(key), "payer.sqlite")) as client:
+        ...     answer = await client.post(url, data=jpeg, headers={"Content-Type": "image/jpeg"})
+        ...     answer.status, answer.json(), answer.settlement.extra.charged_amount
+
+    The first request to a URL learns the terms from a 402; later ones pay at once. A
+    corrective 402 is adopted (after `Payer.recover` checks the payer's own signature) and
+    the request is retried once. Requests may run concurrently on one channel.
+    """
+
+    def __init__(self, payer: Payer, session: Any = None, *, timeout_s: float = 120.0) -> None:
+        self.payer = payer
+        self._session = session
+        self._own_session = session is None
+        self._timeout_s = timeout_s
+        self._offers: dict[str, PaymentRequirements] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client opened it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, **kwargs: Any) -> PaidResponse:
+        return await self.request("POST", url, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> PaidResponse:
+        return await self.request("GET", url, **kwargs)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PaidResponse:
+        """Send a request, paying when the server asks for it (see the class docstring)."""
+        headers = dict(headers or {})
+        offer = self._offers.get(url)
+        if offer is None:
+            status, got, body = await self._send(method, url, data, headers)
+            if status != 402:
+                return PaidResponse(status, got, body)
+            required = _payment_required(got, body)
+            if not required.accepts:
+                return PaidResponse(status, got, body, required=required)
+            offer = self._offers[url] = required.accepts[0]
+        digest = hashlib.sha256(data).digest() if data is not None else None
+        for attempt in range(2):
+            payment = self.payer.pay(offer)
+            try:
+                status, got, body = await self._send(
+                    method, url, data, {**headers, "PAYMENT-SIGNATURE": payment.header}
+                )
+            except BaseException:  # no answer: the server may have charged it
+                self.payer.release(payment, maybe_charged=True)
+                raise
+            if 200 <= status < 300:
+                raw = got.get("PAYMENT-RESPONSE")
+                if raw is None:  # served but not said what it cost: count it as maybe charged
+                    self.payer.release(payment, maybe_charged=True)
+                    return PaidResponse(status, got, body, payment)
+                try:
+                    settlement = parse_payment_response(raw)
+                except PaymentError:
+                    self.payer.release(payment, maybe_charged=True)
+                    raise
+                self.payer.settle(payment, settlement, request_digest=digest)
+                return PaidResponse(status, got, body, payment, settlement)
+            if status != 402:
+                self.payer.release(payment)  # errors are never charged
+                return PaidResponse(status, got, body, payment)
+            required = _payment_required(got, body)
+            if (
+                attempt == 0
+                and required.error in _MISMATCH
+                and self.payer.recover(payment, required)
+            ):
+                continue
+            self.payer.release(payment)
+            fresh = next((a for a in required.accepts if not a.extra.channel_state), None)
+            if fresh is not None:
+                self._offers[url] = fresh  # the terms may have changed
+            return PaidResponse(status, got, body, payment, required=required)
+        raise AssertionError("unreachable")
+
+    async def refund(
+        self, url: str, amount: int | None = None, *, method: str = "POST"
+    ) -> SettleResponse:
+        """Ask the server behind `url` for a cooperative refund (None: everything unclaimed).
+
+        Raises PaymentError when the server refuses (its 402 error code) or answers
+        without a `PAYMENT-RESPONSE`.
+        """
+        offer = self._offers.get(url)
+        if offer is None:
+            status, got, body = await self._send(method, url, None, {})
+            if status != 402:
+                raise PaymentError(
+                    ErrorCode.INVALID_PAYLOAD, "status", f"expected 402, got {status}"
+                )
+            required = _payment_required(got, body)
+            if not required.accepts:
+                raise PaymentError(ErrorCode.INVALID_SCHEME, "accepts", "no batch-settlement offer")
+            offer = self._offers[url] = required.accepts[0]
+        payment = self.payer.refund(offer, amount)
+        status, got, body = await self._send(
+            method, url, None, {"PAYMENT-SIGNATURE": payment.header}
+        )
+        raw = got.get("PAYMENT-RESPONSE")
+        if raw is None:
+            reason = _payment_required(got, body).error if status == 402 else f"status {status}"
+            raise PaymentError(_code_of(reason), "PAYMENT-RESPONSE", f"refund refused: {reason}")
+        settlement = parse_payment_response(raw)
+        self.payer.settle(payment, settlement)
+        if not settlement.success:
+            raise PaymentError(
+                ErrorCode.REFUND_TRANSACTION_FAILED,
+                "PAYMENT-RESPONSE.success",
+                f"refund failed: {settlement.error_reason}: {settlement.error_message}",
+            )
+        return settlement
+
+    async def _send(
+        self, method: str, url: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        import aiohttp  # the payer core needs no HTTP; importing aiohttp costs ~0.3 s
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            )
+        async with self._session.request(method, url, data=data, headers=headers) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+
+def _code_of(reason: str | None) -> ErrorCode:
+    try:
+        return ErrorCode(reason)
+    except ValueError:
+        return ErrorCode.REFUND_PAYLOAD
+
+
+def _payment_required(headers: Mapping[str, str], body: bytes) -> PaymentRequired:
+    raw = headers.get("PAYMENT-REQUIRED")
+    if raw is not None:
+        return parse_payment_required(raw)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise PaymentError(
+            ErrorCode.INVALID_PAYLOAD, "PAYMENT-REQUIRED", "a 402 without x402 terms"
+        ) from None
+    return PaymentRequired.from_json(data)

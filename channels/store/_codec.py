@@ -1,0 +1,84 @@
+"""Compact JSON encoding of ledger states and idempotency records (shared by every store)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ErrorCode
+from ..ledger import ChannelState, Reservation
+from ..wire import ChannelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What an Idempotency-Key holds: the request that owns it and, once done, its answer.
+
+    `response is None` means the first request with this key is still in flight.
+    """
+
+    request_id: str
+    created_at: float
+    response: bytes | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.response is not None
+
+
+def encode_state(s: ChannelState) -> bytes:
+    d: dict[str, Any] = {
+        "id": s.channel_id.hex(),
+        "b": str(s.balance),
+        "tc": str(s.total_claimed),
+        "wr": s.withdraw_requested_at,
+        "rn": s.refund_nonce,
+        "c": str(s.charged),
+        "sm": str(s.signed_max_claimable),
+        "sig": s.signature.hex(),
+        "r": [
+            [r.request_id, str(r.amount), str(r.ceiling), r.expires_at, str(r.deposit_amount)]
+            for r in s.reservations
+        ],
+        "us": s.unclaimed_since,
+        "wd": s.withdraw_delay,
+        "cfg": s.config.to_json() if s.config is not None else None,
+        "wa": None if s.withdraw_amount is None else str(s.withdraw_amount),
+    }
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes | str) -> ChannelState:
+    d = json.loads(raw)
+    cid = bytes.fromhex(d["id"])
+    cfg = d["cfg"]
+    return ChannelState(
+        channel_id=cid,
+        balance=int(d["b"]),
+        total_claimed=int(d["tc"]),
+        withdraw_requested_at=d["wr"],
+        refund_nonce=d["rn"],
+        charged=int(d["c"]),
+        signed_max_claimable=int(d["sm"]),
+        signature=bytes.fromhex(d["sig"]),
+        reservations=tuple(
+            Reservation(rid, cid, int(a), int(c), e, int(dep)) for rid, a, c, e, dep in d["r"]
+        ),
+        unclaimed_since=d["us"],
+        withdraw_delay=d["wd"],
+        config=ChannelConfig.from_json(cfg, "cfg", ErrorCode.INVALID_PAYLOAD) if cfg else None,
+        withdraw_amount=None if d.get("wa") is None else int(d["wa"]),
+    )
+
+
+def encode_idem(rec: IdempotencyRecord) -> bytes:
+    body = rec.response.hex() if rec.response is not None else None
+    return json.dumps(
+        {"r": rec.request_id, "t": rec.created_at, "b": body}, separators=(",", ":")
+    ).encode()
+
+
+def decode_idem(raw: bytes | str) -> IdempotencyRecord:
+    d = json.loads(raw)
+    return IdempotencyRecord(d["r"], d["t"], bytes.fromhex(d["b"]) if d["b"] is not None else None)

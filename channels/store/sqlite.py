@@ -1,0 +1,217 @@
+"""SQLite store: the default, for one gateway process.
+
+The process's channel states live in memory (authoritative: one process owns the file) and
+every change is written through to SQLite by ONE writer thread that group-commits: all writes
+queued while a transaction is being fsynced go into the next transaction. So the event loop
+never blocks on the disk (a transition costs a dict update and a queue put) and under load
+one fsync covers many requests. WAL + synchronous=FULL: when `commit()` returns, the charge,
+the voucher that covers it and the Idempotency-Key answer are on disk. `accept`, `release` and
+`expire` only mark the channel dirty (they charge nothing, so losing them in a crash loses no
+money): its next commit, `flush()` or `close()` writes the whole channel state.
+
+    >>> store = await SqliteStore.open("ledger.sqlite3", chain_id=31337, contract=settlement)
+    >>> await store.commit(cid, "req-1", 1000, now)   # returns after the fsync
+
+Not for several processes on one file (their in-memory states would diverge): use Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..ledger import LedgerPolicy
+from ._codec import decode_idem, decode_state, encode_idem, encode_state
+from .memory import MemoryStore, Write
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    ns TEXT NOT NULL, channel_id BLOB NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (ns, channel_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    ns TEXT NOT NULL, channel_id BLOB NOT NULL, key TEXT NOT NULL, record BLOB NOT NULL,
+    created_at REAL NOT NULL, PRIMARY KEY (ns, channel_id, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv (
+    ns TEXT NOT NULL, space TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ns, space, key)) WITHOUT ROWID;
+"""
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+class SqliteStore(MemoryStore):
+    """A MemoryStore whose every change is durable in a SQLite file (see the module doc)."""
+
+    _persists = True
+
+    def __init__(
+        self, path: str | Path, *, chain_id: int, contract: str, policy: LedgerPolicy | None = None
+    ) -> None:
+        super().__init__(chain_id=chain_id, contract=contract, policy=policy)
+        self.path = Path(path)
+        self._ns = f"{chain_id}:{self.contract}"
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self.transactions = 0  # fsynced transactions so far (group-commit efficiency)
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, chain_id: int, contract: str, policy: LedgerPolicy | None = None
+    ) -> SqliteStore:
+        """Open (creating it if needed) and load the file; starts the writer thread."""
+        store = cls(path, chain_id=chain_id, contract=contract, policy=policy)
+        await asyncio.to_thread(store._load)
+        store._thread = threading.Thread(
+            target=store._run, name=f"sqlite-writer:{path}", daemon=True
+        )
+        store._thread.start()
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not just a crash
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def _load(self) -> None:
+        conn = self._connect()
+        try:
+            # answers older than the idempotency window are no longer replayed: drop them
+            cutoff = time.time() - self.idempotency_ttl_s
+            conn.execute(
+                "DELETE FROM idempotency WHERE ns=? AND created_at < ?", (self._ns, cutoff)
+            )
+            for cid, raw in conn.execute(
+                "SELECT channel_id, state FROM channels WHERE ns=?", (self._ns,)
+            ):
+                self._states[bytes(cid)] = decode_state(raw)
+            q = "SELECT channel_id, key, record FROM idempotency WHERE ns=?"
+            for cid, key, raw in conn.execute(q, (self._ns,)):
+                self._idem[(bytes(cid), key)] = decode_idem(raw)
+            for space, key, value in conn.execute(
+                "SELECT space, key, value FROM kv WHERE ns=?", (self._ns,)
+            ):
+                self._kv[(space, key)] = bytes(value)
+        finally:
+            conn.close()
+
+    # persistence hooks ------------------------------------------------------------------------
+
+    def _write(self, writes: list[Write]) -> asyncio.Future[None]:
+        if self._failed is not None:
+            raise RuntimeError(f"the SQLite writer of {self.path} failed: {self._failed!r}")
+        if self._thread is None:
+            raise RuntimeError("SqliteStore is not open: use `await SqliteStore.open(path, ...)`")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((writes, loop, fut))
+        return fut
+
+    async def _wait(self, token: Any) -> None:
+        if token is not None:
+            await token
+
+    def _apply(self, conn: sqlite3.Connection, batch: list[Write]) -> None:
+        states: dict[bytes, Any] = {}
+        rest: list[Write] = []
+        for w in batch:
+            if w[0] == "state":
+                states[w[1]] = w[2]  # coalesce: the last state of a channel wins
+            else:
+                rest.append(w)
+        ns = self._ns
+        conn.executemany(
+            "INSERT OR REPLACE INTO channels(ns, channel_id, state) VALUES (?,?,?)",
+            [(ns, cid, encode_state(s)) for cid, s in states.items()],
+        )
+        for w in rest:
+            if w[0] == "idem":
+                _, cid, key, rec = w
+                if rec is None:
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE ns=? AND channel_id=? AND key=?",
+                        (ns, cid, key),
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?,?)",
+                        (ns, cid, key, encode_idem(rec), rec.created_at),
+                    )
+            elif w[0] == "kv":
+                _, space, key, value = w
+                if value is None:
+                    conn.execute(
+                        "DELETE FROM kv WHERE ns=? AND space=? AND key=?", (ns, space, key)
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, space, key, value)
+                    )
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            stop = False
+            while not stop:
+                batch = [self._queue.get()]
+                while True:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                items = [b for b in batch if b is not None]
+                stop = len(items) != len(batch)
+                if not items:
+                    continue
+                exc: BaseException | None = None
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._apply(conn, [w for writes, _, _ in items for w in writes])
+                    conn.execute("COMMIT")
+                    self.transactions += 1
+                except BaseException as e:  # noqa: BLE001 - handed to every waiter
+                    exc = self._failed = e
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                for _, loop, fut in items:
+                    try:
+                        loop.call_soon_threadsafe(_settle, fut, exc)
+                    except RuntimeError:  # that loop is closed: nobody waits any more
+                        pass
+        finally:
+            conn.close()
+
+    # lifecycle --------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write every channel changed since its last durable write, and wait for the disk."""
+        dirty, self._dirty = self._dirty, set()
+        await self._write([("state", cid, self._states[cid]) for cid in dirty])
+
+    async def close(self) -> None:
+        """Flush, stop the writer thread and close the file."""
+        if self._thread is None:
+            return
+        await self.flush()
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
