@@ -1,0 +1,28 @@
+"""Fixtures for the chain-sync tests: a fresh anvil per test (with a state file) and the
+provider's client, store and facilitator over it (see chain_env.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chain_env import ChainEnv, make_env
+
+from contracts import Anvil
+
+
+@pytest.fixture
+def anvil(tmp_path: Path) -> Any:
+    node = Anvil(state=tmp_path / "anvil-state.json")
+    node.start()
+    yield node
+    node.kill()
+
+
+@pytest.fixture
+async def env(anvil: Anvil, tmp_path: Path) -> AsyncIterator[ChainEnv]:
+    e = await make_env(anvil, tmp_path)
+    yield e
+    await e.store.close()
