@@ -1,1 +1,73 @@
-"""The image classifier: preprocessing, the timm model, the dynamic batcher."""
+"""The image classifier: preprocessing, the timm model, the dynamic batcher.
+
+    from inference import Classifier
+
+    classifier = Classifier.load()                      # tf_efficientnet_lite0, bundled weights
+    await classifier.start()                            # warms every batch-size bucket
+    [top] = await classifier.classify([jpeg_bytes], top_k=3)
+    print(top[0].label, top[0].probability, top[0].group, classifier.version.id)
+    await classifier.close()
+
+Errors carry the HTTP status to answer: ``ImageError`` (400/413/415/422) for the caller's
+image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``ClassifierClosed``
+503, with ``retry_after``) for the service.
+"""
+
+from inference.classifier import BatcherStats, BatchEvent, Classifier, NullClassifier
+from inference.errors import (
+    ClassifierClosed,
+    ClassifierError,
+    CorruptImage,
+    DeadlineExceeded,
+    EmptyImage,
+    ImageError,
+    ImageTooLarge,
+    InferenceError,
+    Overloaded,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from inference.labels import ANIMAL_GROUP_RANGES, AnimalGroup, group_of, imagenet_labels
+from inference.model import DEFAULT_MODEL, LoadedModel, ModelVersion, load_model
+from inference.prediction import Prediction
+from inference.preprocess import (
+    DEFAULT_LIMITS,
+    ImageInfo,
+    ImageLimits,
+    Preprocessor,
+    check_image,
+)
+from inference.weights import content_hash
+
+__all__ = [
+    "ANIMAL_GROUP_RANGES",
+    "DEFAULT_LIMITS",
+    "DEFAULT_MODEL",
+    "AnimalGroup",
+    "BatchEvent",
+    "BatcherStats",
+    "Classifier",
+    "ClassifierClosed",
+    "ClassifierError",
+    "CorruptImage",
+    "DeadlineExceeded",
+    "EmptyImage",
+    "ImageError",
+    "ImageInfo",
+    "ImageLimits",
+    "ImageTooLarge",
+    "InferenceError",
+    "LoadedModel",
+    "ModelVersion",
+    "NullClassifier",
+    "Overloaded",
+    "Prediction",
+    "Preprocessor",
+    "TooManyPixels",
+    "UnsupportedFormat",
+    "check_image",
+    "content_hash",
+    "group_of",
+    "imagenet_labels",
+    "load_model",
+]

