@@ -1,0 +1,151 @@
+"""The application factory: ``create_app(config) -> web.Application``.
+
+    config = GatewayConfig.load(flags={"token": "0x...", "key_file": "provider.key"})
+    web.run_app(create_app(config), port=config.port)
+
+Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
+contexts, in order: the classifier, the payment gate (chain, ledger store, in-process
+facilitator), then the settler. Shutdown runs the other way round after aiohttp has stopped
+accepting connections and the in-flight paid requests have drained, so the last charges are
+committed before the store is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from gateway import predictions
+from gateway.config import GatewayConfig
+from gateway.keys import (
+    CAPS,
+    CLASSIFIER,
+    CONFIG,
+    METRICS,
+    PAYMENTS,
+    SAMPLE_LIMITER,
+    SAMPLES,
+    SETTLER,
+    STATE,
+    STORE,
+    GatewayState,
+)
+from gateway.limits import InFlightCaps, RateLimiter
+from gateway.metrics import Gauge, GatewayMetrics
+from gateway.routes import routes
+from gateway.samples import SampleStore
+from gateway.x402 import x402_middleware
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    classifier: Any | None = None,
+    chain: Any | None = None,
+) -> web.Application:
+    """Build the gateway application for ``config``.
+
+    ``classifier`` (an ``inference.Classifier``) and ``chain`` (a connected chain client)
+    may be passed in to share them, e.g. one loaded model across tests or the embedded
+    chain in ``paychan demo``; otherwise they are built from ``config`` at startup and
+    closed at cleanup. Passed-in objects are not closed by the app.
+    """
+    config.require_payment_terms()
+    # Bodies larger than this are refused while reading (Content-Length is checked earlier).
+    app = web.Application(
+        middlewares=[_metrics_middleware, x402_middleware],
+        client_max_size=max(config.max_body_bytes, config.max_sample_bytes),
+    )
+    app[CONFIG] = config
+    app[METRICS] = GatewayMetrics()
+    app[STATE] = GatewayState()
+    caps = app[CAPS] = InFlightCaps(per_channel=config.max_in_flight_per_channel, total=config.max_in_flight)
+    app[METRICS].add(Gauge("paychan_in_flight_requests", "Classification requests being served now.",
+                           read=lambda: caps.count))
+    app[SAMPLES] = SampleStore(config.samples_dir)
+    app[SAMPLE_LIMITER] = RateLimiter(config.samples_per_minute)
+    app[STORE] = None
+    app[PAYMENTS] = None
+    app[SETTLER] = None
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_classifier_ctx(classifier))
+    if config.payment:
+        app.cleanup_ctx.append(_payments_ctx(chain))
+        if config.settler:
+            app.cleanup_ctx.append(_settler_ctx)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+def _classifier_ctx(shared: Any | None):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        state = app[STATE]
+        state.checks["model"] = False
+        if shared is not None:
+            app[CLASSIFIER] = shared
+            owned = False
+        else:
+            app[CLASSIFIER] = await predictions.open_classifier(app[CONFIG])
+            owned = True
+        predictions.register_metrics(app[CLASSIFIER], app[METRICS])
+        state.checks["model"] = True
+        yield
+        state.checks["model"] = False
+        if owned:
+            await app[CLASSIFIER].close()
+
+    return ctx
+
+
+def _payments_ctx(shared_chain: Any | None):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from gateway.payments import PaymentGate
+
+        gate = await PaymentGate.open(app[CONFIG], app[METRICS], chain=shared_chain)
+        app[PAYMENTS] = gate
+        app[STORE] = gate.store
+        yield
+        await gate.close()  # flushes the ledger store
+
+    return ctx
+
+
+async def _settler_ctx(app: web.Application) -> AsyncIterator[None]:
+    gate = app[PAYMENTS]
+    settler = await gate.start_settler()
+    app[SETTLER] = settler
+    yield
+    await gate.stop_settler(settler)
+
+
+async def _drain(app: web.Application) -> None:
+    """Stop taking paid work and wait (bounded) for in-flight requests to finish."""
+    state = app[STATE]
+    state.draining = True
+    caps = app[CAPS]
+    deadline = time.monotonic() + app[CONFIG].drain_timeout_s
+    while caps.count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+@web.middleware
+async def _metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    counter = request.app[METRICS].requests
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        counter.inc((name, str(exc.status)))
+        raise
+    except Exception:
+        counter.inc((name, "500"))
+        raise
+    counter.inc((name, str(response.status)))
+    return response

@@ -1,0 +1,142 @@
+"""``paychan serve``: run the gateway.
+
+    $ paychan serve --rpc http://127.0.0.1:8545 --key-file provider.key --token 0x... \\
+          --price 1000 --store sqlite:///gateway.sqlite3 --port 8402
+    $ paychan serve ... --workers 2 --store redis://127.0.0.1:6379/0   # 2 processes, 1 port
+
+Every flag also reads from ``PAYCHAN_<NAME>`` and from a TOML file (``--config``); flags win.
+With ``--workers N`` the parent starts N processes that bind the same port with
+SO_REUSEPORT and share the Redis ledger; only the first runs the settler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag
+
+__all__ = ["config_from_args", "register", "run_server"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the paid classification gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML file with settings (flags override it)")
+    p.add_argument("--rpc", dest="rpc_url", help="EVM JSON-RPC URL (default http://127.0.0.1:8545)")
+    p.add_argument("--key-file", type=Path,
+                   help="file holding the receiver-authorizer hex key (default: PAYCHAN_KEY)")
+    p.add_argument("--token", help="payment token address (ERC-3009, e.g. the test USDC)")
+    p.add_argument("--price", type=int, help="price per image in token units (default 1000)")
+    p.add_argument("--store", help="ledger: sqlite:///PATH (default) or redis://HOST:PORT/DB")
+    p.add_argument("--model", help="model id or version to serve; 'null' for the null model")
+    p.add_argument("--workers", type=int, help="processes sharing the port (needs a redis store)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 8402)")
+    p.add_argument("--receiver", help="payTo address (default: the key's address)")
+    p.add_argument("--settlement", help="settlement contract (default: the canonical address)")
+    p.add_argument("--samples-dir", type=Path, help="where POST /v1/samples stores images")
+    p.add_argument("--no-payment", dest="payment", action="store_const", const=False,
+                   help="serve paid routes for free (benchmarks, local use)")
+    p.add_argument("--no-settler", dest="settler", action="store_const", const=False,
+                   help="do not claim and settle from this gateway")
+    add_json_flag(p)
+    p.set_defaults(handler=_handle)
+
+
+_FLAG_FIELDS = (
+    "config", "rpc_url", "key_file", "token", "price", "store", "model", "workers", "host",
+    "port", "receiver", "settlement", "samples_dir", "payment", "settler",
+)
+
+
+def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None):
+    """The GatewayConfig for parsed ``serve`` arguments (flags > env > TOML > defaults)."""
+    from gateway.config import ConfigError, GatewayConfig
+
+    flags = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    try:
+        config = GatewayConfig.load(flags, env=os.environ if env is None else env)
+        config.require_payment_terms()
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return config
+
+
+def _handle(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    announce = {
+        "url": f"http://{config.host}:{config.port}",
+        "workers": config.workers,
+        "store": config.store,
+        "model": config.model,
+        "payment": config.payment,
+        "pid": os.getpid(),
+    }
+    print(json.dumps(announce) if args.json else
+          f"paychan gateway on {announce['url']} ({config.workers} worker(s), store {config.store})",
+          flush=True)
+    if config.workers == 1:
+        run_server(config)
+        return 0
+    return _run_workers(config)
+
+
+def run_server(config: Any, *, reuse_port: bool = False) -> None:
+    """Serve ``config`` in this process until SIGINT/SIGTERM (drains in-flight requests)."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=config.drain_timeout_s,
+        access_log=None,
+        print=None,
+    )
+
+
+def _worker_main(config: Any) -> None:
+    # A worker is a fresh interpreter (spawn): no inherited event loop, torch threads or sockets.
+    run_server(config, reuse_port=True)
+
+
+def _run_workers(config: Any) -> int:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for index in range(config.workers):
+        # Exactly one settler among the workers: two would race for the same claims.
+        worker_config = dataclasses.replace(config, workers=1, settler=config.settler and index == 0)
+        proc = ctx.Process(target=_worker_main, args=(worker_config,), name=f"paychan-worker-{index}")
+        proc.start()
+        procs.append(proc)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    # Ctrl-C reaches the whole process group: the workers got it already, and a second
+    # signal during their drain would cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for proc in procs:
+        proc.join()
+    codes = [proc.exitcode for proc in procs]
+    print(f"paychan serve: {len(procs)} workers stopped (exit codes {codes})", file=sys.stderr)
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1

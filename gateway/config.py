@@ -1,0 +1,264 @@
+"""The gateway's one typed configuration object.
+
+Values come from, highest precedence first: command-line flags, ``PAYCHAN_*`` environment
+variables, a TOML file (``--config FILE`` or ``PAYCHAN_CONFIG``), then the defaults below.
+Every error names the field and the way to fix it::
+
+    config = GatewayConfig.load(
+        flags={"price": 1000, "token": "0x...", "rpc_url": "http://127.0.0.1:8545"},
+        env=os.environ,
+    )
+    app = create_app(config)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NULL_MODEL", "ConfigError", "GatewayConfig"]
+
+#: ``model`` value that serves a constant prediction without torch (benchmarks, fast tests).
+NULL_MODEL = "null"
+
+_ENV_PREFIX = "PAYCHAN_"
+_CANONICAL_SETTLEMENT = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+_CANONICAL_COLLECTOR = "0x4020806089470a89826cB9fB1f4059150b550004"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the field and fix."""
+
+
+def _where(name: str) -> str:
+    flag = "--" + name.replace("_", "-")
+    return f"set {flag}, {_ENV_PREFIX}{name.upper()} or `{name} = ...` in the TOML file"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway needs, typed and validated.
+
+    Amounts are in the token's smallest unit (6 decimals for USDC: 1000 = 0.001 USDC).
+    """
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = 8402
+    workers: int = 1
+    # --- chain and payment terms
+    rpc_url: str = "http://127.0.0.1:8545"
+    key: str | None = field(default=None, repr=False)  # receiver-authorizer key (hex)
+    key_file: Path | None = None
+    token: str | None = None
+    token_name: str | None = None  # the token's EIP-712 domain; read from the chain if unset
+    token_version: str | None = None
+    settlement: str = _CANONICAL_SETTLEMENT
+    collector: str = _CANONICAL_COLLECTOR
+    receiver: str | None = None  # payTo; defaults to the key's address
+    price: int = 1000  # per image
+    withdraw_delay: int = 900
+    min_deposit: int | None = None  # advertised extra.minDeposit; default 10 x price
+    max_timeout_seconds: int = 3600
+    payment: bool = True  # False serves the paid routes free (benchmarks, local use)
+    # --- state
+    store: str = "sqlite:///paychan-gateway.sqlite3"
+    samples_dir: Path = Path("paychan-samples")
+    # --- model
+    model: str = "tf_efficientnet_lite0"
+    device: str = "cpu"
+    # --- limits
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_images: int = 16
+    max_top_k: int = 20
+    max_in_flight_per_channel: int = 32
+    max_in_flight: int = 256  # requests inside the classifier queue before 429
+    retry_after_s: int = 1
+    request_timeout_s: float = 30.0
+    samples_per_minute: int = 60  # per client address
+    max_sample_bytes: int = 4 * 1024 * 1024
+    # --- settlement
+    settler: bool = True
+    claim_interval_s: float = 30.0
+    claim_threshold: int = 0  # claim early once this much is unclaimed (0: interval only)
+    # --- shutdown
+    drain_timeout_s: float = 10.0
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        toml_path: str | Path | None = None,
+    ) -> GatewayConfig:
+        """Merge flags > ``PAYCHAN_*`` env > TOML > defaults; read the key file; validate.
+
+        ``flags`` maps field names to already-typed values (``None`` means "not given").
+        """
+        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        env = {} if env is None else env
+        toml_path = toml_path or flags.pop("config", None) or env.get(_ENV_PREFIX + "CONFIG")
+        values: dict[str, Any] = {}
+        if toml_path:
+            values.update(_read_toml(Path(toml_path)))
+        known = {f.name for f in fields(cls)}
+        for name in known:
+            raw = env.get(_ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        for name, value in flags.items():
+            if name not in known:
+                raise ConfigError(f"{name}: unknown setting; known: {', '.join(sorted(known))}")
+            values[name] = value
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> GatewayConfig:
+        """Build from field name -> value (strings are converted); validates."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        converted: dict[str, Any] = {}
+        for name, raw in values.items():
+            if name not in known:
+                raise ConfigError(f"{name}: unknown setting; known: {', '.join(sorted(known))}")
+            converted[name] = _convert(name, raw, hints[name])
+        config = cls(**converted)
+        if config.key is None and config.key_file is not None:
+            config = dataclasses.replace(config, key=_read_key_file(config.key_file))
+        if config.key is not None:
+            config = dataclasses.replace(config, key=_normalize_key(config.key))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field."""
+        positive = (
+            "port", "workers", "price", "max_body_bytes", "max_images", "max_top_k",
+            "max_in_flight_per_channel", "max_in_flight", "max_sample_bytes",
+            "samples_per_minute", "max_timeout_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
+        if not 900 <= self.withdraw_delay <= 2_592_000:
+            raise ConfigError(
+                f"withdraw_delay: must be 900..2592000 seconds (15 min to 30 days), got "
+                f"{self.withdraw_delay}; {_where('withdraw_delay')}"
+            )
+        for name in ("token", "settlement", "collector", "receiver"):
+            value = getattr(self, name)
+            if value is not None and not _is_address(value):
+                raise ConfigError(f"{name}: {value!r} is not a 0x-prefixed 20-byte address; {_where(name)}")
+        if not (self.store.startswith(("sqlite://", "redis://", "rediss://")) or self.store == "memory"):
+            raise ConfigError(
+                f"store: {self.store!r} is not sqlite:///PATH, redis://HOST:PORT/DB or memory; "
+                f"{_where('store')}"
+            )
+        if self.workers > 1 and not self.store.startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                "workers: more than one worker process needs a shared ledger; "
+                "pass --store redis://127.0.0.1:6379/0 (or use --workers 1)"
+            )
+
+    def require_payment_terms(self) -> None:
+        """The fields a paying gateway cannot start without; raises ConfigError."""
+        if not self.payment:
+            return
+        if self.key is None:
+            raise ConfigError("key: no receiver key; pass --key-file FILE or set PAYCHAN_KEY")
+        if self.token is None:
+            raise ConfigError(f"token: no payment token address; {_where('token')}")
+
+    @property
+    def is_null_model(self) -> bool:
+        return self.model == NULL_MODEL
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}; pass an existing TOML file")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML ({exc})")
+    # Accept both a flat file and one with a [gateway] table.
+    table = data.get("gateway", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config: [gateway] in {path} must be a table")
+    return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"key_file: cannot read {path}: {exc.strerror}; pass an existing file")
+
+
+def _normalize_key(key: str) -> str:
+    body = key.strip()
+    body = body[2:] if body[:2].lower() == "0x" else body
+    if len(body) != 64 or any(c not in "0123456789abcdefABCDEF" for c in body):
+        raise ConfigError("key: must be 32 bytes of hex (64 hex digits, optional 0x)")
+    return "0x" + body.lower()
+
+
+def _is_address(value: str) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 42
+        and value[:2].lower() == "0x"
+        and all(c in "0123456789abcdefABCDEF" for c in value[2:])
+    )
+
+
+def _convert(name: str, raw: Any, hint: Any) -> Any:
+    """Convert ``raw`` (from TOML, env or flags) to the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("", "none", "null")):
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(str(raw).replace("_", "")) if isinstance(raw, str) else int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is Path:
+            return Path(os.path.expanduser(str(raw)))
+        if hint is str:
+            if not isinstance(raw, (str, int)):
+                raise ValueError
+            return str(raw)
+    except (TypeError, ValueError):
+        kind = {bool: "true or false", int: "a whole number", float: "a number",
+                Path: "a path", str: "a string"}.get(hint, str(hint))
+        raise ConfigError(f"{name}: expected {kind}, got {raw!r}; {_where(name)}") from None
+    return raw

@@ -1,0 +1,134 @@
+"""The x402 v2 payment middleware for paid routes (scheme ``batch-settlement``).
+
+A route is paid when its handler is marked with :func:`paid`, which names a *pricer*: an
+async function that reads and cheaply validates the request (its images) and returns how
+many units it costs. For such a route the middleware
+
+1. refuses a declared body over the limit before reading it (413),
+2. runs the pricer (bad input: 400/413/415/422; nothing is reserved),
+3. answers 402 + ``PAYMENT-REQUIRED`` when there is no ``PAYMENT-SIGNATURE``,
+4. has the :class:`~gateway.payments.PaymentGate` check the payment (parse, offer, channel
+   binding, voucher signature, deposit authorization),
+5. admits it under the per-channel and global in-flight caps (429 + Retry-After),
+6. reserves the price (an ``Idempotency-Key`` seen before replays its stored answer; a
+   deposit payload's deposit is submitted on-chain here), runs the handler, then commits
+   the charge and adds ``PAYMENT-RESPONSE`` with the signed receipt; on any failure the
+   reservation is released and nothing is charged.
+
+::
+
+    @paid(price_images)
+    async def classify(request: web.Request) -> web.Response: ...
+
+    app = web.Application(middlewares=[x402_middleware])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.errors import api_error
+from gateway.keys import CAPS, CONFIG, METRICS, PAYMENTS, STATE
+from gateway.uploads import UploadError, check_content_length
+
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "PAYMENT_REQUIRED",
+    "PAYMENT_RESPONSE",
+    "PAYMENT_SIGNATURE",
+    "Pricer",
+    "client_address",
+    "paid",
+    "x402_middleware",
+]
+
+PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
+PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
+PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+Pricer = Callable[[web.Request], Awaitable[int]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def paid(pricer: Pricer) -> Callable[[Handler], Handler]:
+    """Mark a handler as paid; ``pricer(request)`` returns the units (images) it costs."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.__paid__ = pricer  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def client_address(request: web.Request) -> str:
+    """The peer address used for rate limits (no proxy headers are trusted)."""
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    pricer: Pricer | None = getattr(request.match_info.handler, "__paid__", None)
+    if pricer is None:
+        return await handler(request)
+    app = request.app
+    config = app[CONFIG]
+    if app[STATE].draining:
+        raise api_error(503, "shutting_down", "the gateway is draining; retry", retry_after=1)
+    try:
+        check_content_length(request, config.max_body_bytes)
+        units = await pricer(request)
+    except UploadError as exc:
+        raise api_error(exc.status, exc.code, str(exc)) from None
+    caps = app[CAPS]
+    if not config.payment:
+        if not caps.try_enter(None):
+            raise api_error(429, "overloaded", "too many requests in flight",
+                            retry_after=config.retry_after_s)
+        try:
+            return await handler(request)
+        finally:
+            caps.leave(None)
+
+    gate = app[PAYMENTS]
+    header = request.headers.get(PAYMENT_SIGNATURE)
+    if header is None:
+        return gate.challenge(units, request)
+    started = time.perf_counter()
+    checked = await gate.check(header, units, request)
+    app[METRICS].verify_seconds.observe(time.perf_counter() - started)
+    if isinstance(checked, web.StreamResponse):  # 402: malformed, wrong offer, bad signature
+        return checked
+    channel = checked.channel_hex
+    if not caps.try_enter(channel):
+        busy = caps.channel_count(channel) >= caps.per_channel
+        app[METRICS].payment_errors.inc(("channel_busy" if busy else "overloaded",))
+        raise api_error(
+            429,
+            "invalid_batch_settlement_evm_channel_busy" if busy else "overloaded",
+            "too many requests in flight on this channel" if busy else "too many requests in flight",
+            retry_after=config.retry_after_s,
+        )
+    try:
+        hold = await gate.reserve(checked, units, request)
+        if isinstance(hold, web.StreamResponse):  # 402 (ceiling, balance, deposit) or a replay
+            return hold
+        response: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(config.request_timeout_s):
+                response = await handler(request)
+        except TimeoutError:
+            raise api_error(503, "timeout", "the classifier did not answer in time; retry",
+                            retry_after=config.retry_after_s) from None
+        finally:
+            if response is None or response.status >= 400 or not isinstance(response, web.Response):
+                await gate.release(hold)
+        if response.status >= 400 or not isinstance(response, web.Response):
+            return response
+        return await gate.commit(hold, request, response)
+    finally:
+        caps.leave(channel)

@@ -1,0 +1,78 @@
+"""GatewayConfig: precedence flags > env > TOML > defaults, conversions, errors naming the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig
+
+KEY = "0x" + "11" * 32  # a throwaway test key, not a real account
+
+
+def test_defaults_are_sane() -> None:
+    config = GatewayConfig.load({}, env={})
+    assert config.port == 8402
+    assert config.max_images == 16
+    assert config.store.startswith("sqlite:///")
+    assert config.settlement == "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+
+
+def test_precedence_flags_over_env_over_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "gw.toml"
+    toml.write_text('[gateway]\nprice = 7\nport = 9001\nmodel = "null"\nmax-images = 4\n')
+    config = GatewayConfig.load(
+        {"config": toml, "port": 9003}, env={"PAYCHAN_PORT": "9002", "PAYCHAN_PRICE": "8"}
+    )
+    assert config.port == 9003  # flag
+    assert config.price == 8  # env beats TOML
+    assert config.model == "null"  # TOML
+    assert config.max_images == 4  # TOML key with a dash
+
+
+def test_env_booleans_and_key_normalized() -> None:
+    config = GatewayConfig.load({}, env={"PAYCHAN_PAYMENT": "off", "PAYCHAN_KEY": KEY.upper()[2:]})
+    assert config.payment is False
+    assert config.key == KEY
+
+
+def test_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_text(KEY + "\n")
+    assert GatewayConfig.load({"key_file": path}, env={}).key == KEY
+    assert "key" not in repr(GatewayConfig.load({"key_file": path}, env={})).replace("key_file", "")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "needle"),
+    [
+        ({}, {"PAYCHAN_PRICE": "ten"}, "price: expected a whole number, got 'ten'; set --price, PAYCHAN_PRICE"),
+        ({"price": 0}, {}, "price: must be positive"),
+        ({"withdraw_delay": 60}, {}, "withdraw_delay: must be 900..2592000"),
+        ({"token": "0x1234"}, {}, "token: '0x1234' is not a 0x-prefixed 20-byte address"),
+        ({"store": "postgres://x"}, {}, "store: 'postgres://x' is not sqlite:///PATH"),
+        ({"workers": 2}, {}, "workers: more than one worker process needs a shared ledger"),
+        ({"key": "0xabc"}, {}, "key: must be 32 bytes of hex"),
+        ({"bogus": 1}, {}, "bogus: unknown setting"),
+    ],
+)
+def test_errors_name_field_and_fix(flags: dict, env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        GatewayConfig.load(flags, env=env)
+    assert needle in str(info.value)
+
+
+def test_paying_gateway_needs_key_and_token() -> None:
+    with pytest.raises(ConfigError, match="key: no receiver key"):
+        GatewayConfig.load({}, env={}).require_payment_terms()
+    with pytest.raises(ConfigError, match="token: no payment token"):
+        GatewayConfig.load({"key": KEY}, env={}).require_payment_terms()
+    GatewayConfig.load({"payment": False}, env={}).require_payment_terms()  # free mode: fine
+
+
+def test_bad_toml_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("price = = 3")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        GatewayConfig.load({"config": bad}, env={})

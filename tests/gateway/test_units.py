@@ -1,0 +1,67 @@
+"""Metrics text format, admission caps, rate limiting and durable sample storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.limits import InFlightCaps, RateLimiter
+from gateway.metrics import GatewayMetrics
+from gateway.samples import SampleStore
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = GatewayMetrics()
+    m.requests.inc(("/v1/classify", "200"))
+    m.requests.inc(("/v1/classify", "200"))
+    m.requests.inc(("/v1/classify", "402"))
+    m.verify_seconds.observe(30e-6)
+    m.verify_seconds.observe(2.0)
+    m.charged.inc((), 3000)
+    text = m.render()
+    assert '# TYPE paychan_http_requests_total counter' in text
+    assert 'paychan_http_requests_total{route="/v1/classify",status="200"} 2' in text
+    assert 'paychan_voucher_verify_seconds_bucket{le="4e-05"} 1' in text
+    assert 'paychan_voucher_verify_seconds_bucket{le="+Inf"} 2' in text
+    assert "paychan_voucher_verify_seconds_count 2" in text
+    assert "paychan_charged_amount_total 3000" in text
+    assert text.endswith("\n")
+
+
+def test_in_flight_caps_per_channel_and_total() -> None:
+    caps = InFlightCaps(per_channel=2, total=3)
+    assert caps.try_enter("a") and caps.try_enter("a")
+    assert not caps.try_enter("a")  # channel cap
+    assert caps.try_enter("b")
+    assert not caps.try_enter("c")  # total cap
+    caps.leave("a")
+    assert caps.try_enter("c")
+    for ch in ("a", "b", "c"):
+        caps.leave(ch)
+    assert caps.count == 0 and caps.channel_count("a") == 0
+
+
+def test_rate_limiter_token_bucket() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, burst=2, clock=lambda: now[0])
+    assert limiter.acquire("ip") == 0.0
+    assert limiter.acquire("ip") == 0.0
+    wait = limiter.acquire("ip")
+    assert 0.9 < wait <= 1.0  # one token per second
+    assert limiter.acquire("other") == 0.0  # per key
+    now[0] += 1.0
+    assert limiter.acquire("ip") == 0.0
+
+
+async def test_sample_store_is_durable_and_deduplicated(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "samples")
+    first = await store.add(b"\xff\xd8jpegbytes", "image/jpeg", label=281, client="1.2.3.4")
+    again = await store.add(b"\xff\xd8jpegbytes", "image/jpeg", label=281, client="1.2.3.4")
+    other = await store.add(b"\x89PNGbytes", "image/png", label=7, client="1.2.3.4")
+    assert not first.duplicate and again.duplicate and not other.duplicate
+    assert (tmp_path / "samples" / first.path).read_bytes() == b"\xff\xd8jpegbytes"
+    assert first.path.startswith("0281/") and other.path.endswith(".png")
+    lines = (tmp_path / "samples" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines] == [281, 7]
+    assert store.count() == 2
+    assert not list((tmp_path / "samples").rglob("*.tmp"))
