@@ -1,51 +1,67 @@
-"""``paychan demo``: the embedded end-to-end run.
+"""``paychan demo``: the whole system, end to end, in one process tree.
 
-    $ paychan demo
-    $ paychan demo --json
+    $ paychan demo                       # every demo photo twice, 4 requests in flight
+    $ paychan demo --json                # one JSON summary (requests, charged, provider_received, ...)
+    $ paychan demo --photos ~/pics --rounds 1 --concurrency 8
 
-For now: starts the embedded py-evm chain with the contracts at the canonical addresses and
-prints their addresses and the funded test accounts. (It grows into the full demo: gateway,
-model, a paying client, claim and settle.)
+The embedded py-evm chain starts with our contracts at the canonical x402 addresses, the real
+classifier loads, the gateway listens on a free loopback port, and a client (anvil test key
+#1) deposits into a payment channel and classifies the photos concurrently, paying each
+request with a signed voucher. The gateway then claims the charges and settles them to the
+provider (anvil test key #0). Balances are read from the chain before and after. Nothing is
+kept: the chain and the ledgers live in memory and a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
+from typing import Any
 
-from gateway.cli._common import add_json_flag, emit
+from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag, emit
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="the embedded end-to-end run", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("demo", help="run chain, gateway, model, paying client and settlement end to end",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", type=Path, help="folder of .jpg/.png/.webp images (default: the bundled photos)")
+    p.add_argument("--rounds", type=int, default=2, help="how many times to classify each photo (default 2)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight on the channel (default 4)")
+    p.add_argument("--price", type=int, default=1_000, help="token units per image (default 1000 = 0.001 USDC)")
+    p.add_argument("--deposit", type=int, default=100_000,
+                   help="the channel's deposit in token units (default 100000 = 0.1 USDC)")
     add_json_flag(p)
     p.set_defaults(handler=_handle)
 
 
-def _human(d: dict[str, object]) -> str:
-    lines = [f"embedded chain (py-evm), chain id {d['chain_id']}, block {d['block']}"]
-    lines += [f"  {k:10s} {d[k]}" for k in ("settlement", "collector", "token", "registry")]
-    lines.append("  test accounts (well-known anvil TEST keys): USDC balance")
-    lines += [f"    {a}  {b / 10**6:,.2f}" for a, b in d["balances"].items()]  # type: ignore[union-attr]
-    return "\n".join(lines)
-
-
-async def _summary() -> dict[str, object]:
-    from contracts import artifact, dev_accounts, embedded_chain
-
-    chain = embedded_chain()
-    d = chain.deployment
-    token = chain.w3.eth.contract(address=d.token, abi=artifact("TestUSDC")["abi"])
-    settlement = chain.w3.eth.contract(address=d.settlement, abi=artifact("BatchSettlement")["abi"])
-    _, name, _, chain_id, verifying, _, _ = await settlement.functions.eip712Domain().call()
-    balances = {a: await token.functions.balanceOf(a).call() for a in dev_accounts()}
-    return {**d.as_dict(), "block": await chain.w3.eth.block_number, "domain": {"name": name,
-            "chainId": chain_id, "verifyingContract": verifying}, "balances": balances}
-
-
 def _handle(args: argparse.Namespace) -> int:
-    emit(args, asyncio.run(_summary()), _human)
+    from gateway.demo import DEMO_PHOTOS, DemoOptions, run_demo
+
+    photos = args.photos or DEMO_PHOTOS
+    if not photos.is_dir():
+        raise CliError(f"--photos: {photos} is not a folder", EXIT_USAGE)
+    for flag in ("rounds", "concurrency", "price", "deposit"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag} must be at least 1", EXIT_USAGE)
+    if args.deposit < args.price:
+        raise CliError("--deposit must cover at least one image (--price)", EXIT_USAGE)
+    options = DemoOptions(photos=photos, rounds=args.rounds, concurrency=args.concurrency,
+                          price=args.price, deposit=args.deposit)
+    try:
+        options.images()
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    report = (lambda _: None) if args.json else (lambda line: print(line, flush=True))
+    summary = asyncio.run(run_demo(options, report=report))
+    emit(args, summary, _verdict)
     return 0
+
+
+def _verdict(s: dict[str, Any]) -> str:
+    ok = s["provider_received"] == s["charged"] and s["payer_balance_change"] + s["channel_remaining"] == -s["charged"]
+    return (f"\n{s['answered']} of {s['requests']} images classified in {s['seconds']} s; the provider received "
+            f"exactly what was charged ({s['charged']} units) and the payer paid nothing more: "
+            + ("checked on-chain." if ok else "MISMATCH, please report."))

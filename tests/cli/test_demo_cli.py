@@ -1,0 +1,80 @@
+"""``paychan demo``: the README's first command runs to the end and what it prints is true."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts import DEV_KEYS, artifact, embedded_chain
+from gateway.cli import main
+from gateway.demo import DEMO_PHOTOS, DemoOptions, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+async def _usdc(chain, address: str) -> int:
+    token = chain.w3.eth.contract(address=chain.deployment.token, abi=artifact("TestUSDC")["abi"])
+    return int(await token.functions.balanceOf(address).call())
+
+
+async def test_demo_summary_matches_the_chain(tmp_path: Path) -> None:
+    """Balances, claims and the channel's remainder are read back from the chain the demo used."""
+    from channels import Signer
+
+    chain = embedded_chain()
+    provider, payer = Signer(DEV_KEYS[0]).address, Signer(DEV_KEYS[1]).address
+    provider0, payer0 = await _usdc(chain, provider), await _usdc(chain, payer)
+    lines: list[str] = []
+
+    s = await run_demo(DemoOptions(rounds=2, concurrency=4, workdir=tmp_path), lines.append, chain=chain)
+
+    photos = len(list(DEMO_PHOTOS.glob("*.jpg")))
+    assert s["requests"] == s["answered"] == 2 * photos
+    assert s["charged"] == s["requests"] * s["price"]
+    assert await _usdc(chain, provider) - provider0 == s["provider_received"] == s["charged"]
+    assert await _usdc(chain, payer) - payer0 == s["payer_balance_change"] == -s["deposit"]
+    settlement = chain.w3.eth.contract(address=chain.deployment.settlement,
+                                       abi=artifact("BatchSettlement")["abi"])
+    balance, total_claimed = (await settlement.functions.channels(bytes.fromhex(s["channel_id"][2:])).call())[:2]
+    assert (balance, total_claimed) == (s["deposit"], s["charged"])
+    assert s["channel_remaining"] == s["deposit"] - s["charged"]
+    # The printed story names each photo with a label and its cost.
+    assert sum("cost 0.001000 USDC" in line for line in lines) == s["requests"]
+    assert {r["label"] for r in s["results"] if r["image"] == "chelsea.jpg"} <= {
+        "tabby", "tiger cat", "Egyptian cat"}
+
+
+def test_demo_command_prints_a_json_summary() -> None:
+    """The installed command, as a newcomer runs it (one round to keep CI short)."""
+    paychan = Path(sys.executable).with_name("paychan")  # the console script beside this Python
+    out = subprocess.run([str(paychan), "demo", "--json", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    s = json.loads(out.stdout)
+    assert s["requests"] == s["answered"] == len(list(DEMO_PHOTOS.glob("*.jpg")))
+    assert s["provider_received"] == s["charged"] == s["requests"] * s["price"] > 0
+    assert s["payer_balance_change"] + s["channel_remaining"] == -s["charged"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--photos", "/nonexistent"], "--photos: /nonexistent is not a folder"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--deposit", "10", "--price", "1000"], "--deposit must cover at least one image"),
+    ],
+)
+def test_demo_refuses_bad_input_in_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_demo_refuses_a_folder_without_images(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert main(["demo", "--photos", str(tmp_path)]) == 2
+    assert "no .jpg/.png/.webp images" in capsys.readouterr().err
