@@ -25,7 +25,7 @@ from .eip712 import (
     voucher_digest,
 )
 from .errors import ErrorCode, PaymentError
-from .payer import ChannelHalted, ChannelRecord, PaidResponse, Payer, Payment, PaymentClient
+from .payer import ChannelHalted, ChannelRecord, Payer, Payment
 from .signing import Signer
 from .verify import (
     recover_address,
@@ -79,10 +79,8 @@ __all__ = [
     "DepositPayload",
     "Erc3009Authorization",
     "ErrorCode",
-    "PaidResponse",
     "Payer",
     "Payment",
-    "PaymentClient",
     "PaymentError",
     "PaymentPayload",
     "PaymentRequired",
@@ -192,3 +190,23 @@ def __getattr__(name: str):  # extends the lazy lookup above with chain-sync's n
 
 
 # --- end chain-sync ----------------------------------------------------------------------
+
+# --- sdk-client: the payer SDK over HTTP (channels.client; lazy: aiohttp loads on first use) --
+_SDK_CLIENT = {
+    "ChainError", "Classification", "ClientError", "GatewayUnreachable", "InputError",
+    "PaidResponse", "PaymentClient", "PaymentRefused", "Prediction", "ReceiptInvalid",
+    "RequestFailed", "SyncPaymentClient", "WithdrawStatus",
+}
+__all__ += sorted(_SDK_CLIENT)
+_getattr_before_sdk_client = __getattr__
+
+
+def __getattr__(name: str):  # extends the lazy lookups above with the SDK client's names
+    if name in _SDK_CLIENT:
+        from . import client
+
+        return getattr(client, name)
+    return _getattr_before_sdk_client(name)
+
+
+# --- end sdk-client ------------------------------------------------------------------------

@@ -376,11 +376,13 @@ class Facilitator:
             onchain = await self._verify_voucher(payload, requirements)
             cid = payload.voucher.channel_id
             st = await self.store.apply_fact(cid, onchain.fact(), config=config)
-            if st.reservations:
+            # Holds past their expiry are dead (a crashed worker's): they do not block a refund.
+            live = [r for r in st.reservations if r.expires_at > self.clock()]
+            if live:
                 raise PaymentError(
                     ErrorCode.CHANNEL_BUSY,
                     "payload",
-                    f"{len(st.reservations)} request(s) in flight on this channel: retry when they end",
+                    f"{len(live)} request(s) in flight on this channel: retry when they end",
                 )
             claim_total = (
                 st.claimable

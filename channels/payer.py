@@ -13,6 +13,8 @@ each reserves its price on the payer side and signs the ceiling charged + in fli
     >>> payer.release(payment)                              # a failure the server did not charge
     >>> payer.recover(payment, parse_payment_required(resp.headers["PAYMENT-REQUIRED"]))
 
+The HTTP side (`PaymentClient`, `SyncPaymentClient`) lives in `channels.client`.
+
 Ceilings never go below the highest voucher signed before, except where the server proves,
 with the payer's own voucher signature, a lower state (the spec's corrective 402) and for the
 spec's zero-charge refund voucher.
@@ -20,14 +22,13 @@ spec's zero-charge refund voucher.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -58,13 +59,19 @@ from .wire import (
     Voucher,
     VoucherPayload,
     encode_payment_signature,
-    parse_payment_required,
-    parse_payment_response,
 )
 
-__all__ = ["ChannelHalted", "ChannelRecord", "PaidResponse", "Payer", "Payment", "PaymentClient"]
+__all__ = [
+    "DEFAULT_DEPOSIT_MULTIPLIER",
+    "ChannelHalted",
+    "ChannelRecord",
+    "Payer",
+    "Payment",
+]
 
-DEFAULT_DEPOSIT_MULTIPLIER = 10  # deposit this many request prices when no amount is set
+# Deposit this many request prices when no amount is set: one on-chain deposit then pays for
+# ten requests, and at most ten prices sit in escrow unspent.
+DEFAULT_DEPOSIT_MULTIPLIER = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -149,8 +156,12 @@ class Payer:
         voucher_signer: the payerAuthorizer key that signs vouchers, if not `signer`.
         salt: the channel salt (32 bytes); another salt opens another channel.
         settlement, collector: the batch-settlement and ERC-3009 collector contracts.
-        deposit_amount: how much one deposit adds (default: 10 request prices, at least
-            the server's minDeposit and what the ceiling needs).
+        deposit_amount: how much one deposit adds, in token base units (default:
+            `deposit_requests` request prices). Always at least the server's minDeposit and
+            what the new ceiling needs. A later deposit on the same channel (a top-up) is
+            sized the same way once the balance no longer covers the next request.
+        deposit_requests: the deposit in request prices when `deposit_amount` is None
+            (default DEFAULT_DEPOSIT_MULTIPLIER = 10).
         require_receipt: refuse answers without our signed receipt (servers other than
             paychan's gateway send none).
     """
@@ -165,17 +176,26 @@ class Payer:
         settlement: str | bytes = CANONICAL_SETTLEMENT_ADDRESS,
         collector: str | bytes = CANONICAL_ERC3009_COLLECTOR_ADDRESS,
         deposit_amount: int | None = None,
+        deposit_requests: int = DEFAULT_DEPOSIT_MULTIPLIER,
         require_receipt: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if len(salt) != 32:
             raise ValueError(f"salt must be 32 bytes, got {len(salt)}")
+        if deposit_amount is not None and deposit_amount <= 0:
+            raise ValueError(
+                f"deposit_amount must be positive (token base units), got {deposit_amount}"
+            )
+        if deposit_requests < 1:
+            raise ValueError(f"deposit_requests must be at least 1, got {deposit_requests}")
+        self.path = str(path)
         self.signer = signer
         self.voucher_signer = voucher_signer or signer
         self.salt = salt
         self.settlement = to_address(settlement)
         self.collector = to_address(collector)
         self.deposit_amount = deposit_amount
+        self.deposit_requests = deposit_requests
         self.require_receipt = require_receipt
         self._clock = clock
         self._lock = threading.RLock()
@@ -212,6 +232,26 @@ class Payer:
     def channels(self) -> list[ChannelRecord]:
         """Every channel this payer has signed for."""
         return [_record(r) for r in self._db.execute("SELECT * FROM channels ORDER BY rowid")]
+
+    @staticmethod
+    def read_channels(path: str | Path) -> list[ChannelRecord]:
+        """The channels stored in a payer file, read without the key (for `paychan channel list`).
+
+            >>> [r.channel_id.hex() for r in Payer.read_channels("~/.paychan/payer.sqlite")]
+
+        Raises FileNotFoundError when there is no such file (no channel was ever opened).
+        """
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no payer state file at {path}")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT * FROM channels ORDER BY rowid").fetchall()
+        except sqlite3.DatabaseError as exc:  # another file, or not SQLite at all
+            raise ValueError(f"{path} is not a payer state file ({exc})") from None
+        finally:
+            db.close()
+        return [_record(r) for r in rows]
 
     def in_flight(self, cid: bytes) -> int:
         """Sum of the prices of this channel's unresolved payments."""
@@ -297,15 +337,23 @@ class Payer:
     # --- answers ---------------------------------------------------------------------
 
     def settle(
-        self, payment: Payment, response: SettleResponse, *, request_digest: bytes | None = None
+        self,
+        payment: Payment,
+        response: SettleResponse,
+        *,
+        request_digest: bytes | None = None,
+        result_digest: bytes | None = None,
+        require_receipt: bool | None = None,
     ) -> ChannelRecord:
         """Check a paid answer's `PAYMENT-RESPONSE` and record the charge.
 
         The spec's client rules: chargedAmount <= the price; the channel id matches; the
         reported cumulative charge is consistent with what this payer has paid and has in
         flight; the balance covers it; our receipt (when sent, or when required) is signed by
-        the receiverAuthorizer and repeats the same figures. Any failure halts the channel
-        (ChannelHalted) and nothing is recorded.
+        the receiverAuthorizer and repeats the same figures (and, when given, the sha256
+        digests of the request and response bodies). Any failure halts the channel
+        (ChannelHalted) and nothing is recorded. `require_receipt` overrides the payer's
+        setting for this answer.
         """
         if isinstance(payment.payload.payload, RefundPayload):
             return self._settle_refund(payment, response)
@@ -316,7 +364,9 @@ class Payer:
             if payment.id not in live.in_flight:
                 raise ValueError(f"payment {payment.id} is not in flight (settled or released)")
             try:
-                charged, reported, balance = self._check_response(payment, response, request_digest)
+                charged, reported, balance = self._check_response(
+                    payment, response, request_digest, result_digest, require_receipt
+                )
             except PaymentError as exc:
                 live.in_flight.pop(payment.id)
                 live.deposits.pop(payment.id, None)
@@ -456,6 +506,25 @@ class Payer:
             live = self._live_of(cid, rec)
             live.max_reported = total_claimed
 
+    def observe_chain(self, cid: bytes, *, balance: int, total_claimed: int) -> ChannelRecord:
+        """Record the channel's on-chain balance after a chain event this payer caused
+        (a finalized withdrawal), keeping every charge it already proved.
+
+            >>> payer.observe_chain(cid, balance=onchain.balance, total_claimed=onchain.claimed)
+        """
+        with self._lock, self._transaction():
+            rec = self.channel(cid)
+            if rec is None:
+                raise ValueError(f"no channel 0x{cid.hex()} in {self.path}")
+            charged = max(rec.charged, total_claimed)
+            self._db.execute(
+                "UPDATE channels SET charged = ?, balance = ? WHERE channel_id = ?",
+                (str(charged), str(balance), cid),
+            )
+            live = self._live_of(cid, rec)
+            live.max_reported = max(live.max_reported, charged)
+            return replace(rec, charged=charged, balance=balance)
+
     def close(self) -> None:
         """Close the SQLite file."""
         self._db.close()
@@ -493,7 +562,7 @@ class Payer:
             )
 
     def _deposit_size(self, requirements: PaymentRequirements, needed: int) -> int:
-        wanted = self.deposit_amount or DEFAULT_DEPOSIT_MULTIPLIER * requirements.amount
+        wanted = self.deposit_amount or self.deposit_requests * requirements.amount
         return max(needed, wanted, requirements.extra.min_deposit or 0)
 
     def _deposit(self, requirements: PaymentRequirements, cid: bytes, amount: int) -> Deposit:
@@ -515,7 +584,12 @@ class Payer:
         return Deposit(amount, auth)
 
     def _check_response(
-        self, payment: Payment, response: SettleResponse, request_digest: bytes | None
+        self,
+        payment: Payment,
+        response: SettleResponse,
+        request_digest: bytes | None,
+        result_digest: bytes | None = None,
+        require_receipt: bool | None = None,
     ) -> tuple[int, int, int]:
         """(chargedAmount, chargedCumulativeAmount, balance) of a verified paid answer."""
         fail = _failer(ErrorCode.INVALID_PAYLOAD)
@@ -541,7 +615,7 @@ class Payer:
             raise fail("amount", f"deposited {response.amount}, signed {payment.deposit_amount}")
         receipt = extra.receipt
         if receipt is None:
-            if self.require_receipt:
+            if self.require_receipt if require_receipt is None else require_receipt:
                 raise fail("extra.receipt", "is required (require_receipt=True)")
             return charged, reported, cs.balance
         verify_receipt(
@@ -559,6 +633,8 @@ class Payer:
             )
         if request_digest is not None and r.request_digest != request_digest:
             raise fail("extra.receipt.requestDigest", "is not the digest of the request sent")
+        if result_digest is not None and r.result_digest != result_digest:
+            raise fail("extra.receipt.resultDigest", "is not the digest of the answer received")
         return charged, reported, cs.balance
 
     def _settle_refund(self, payment: Payment, response: SettleResponse) -> ChannelRecord:
@@ -630,186 +706,14 @@ def _record(row: tuple) -> ChannelRecord:
     )
 
 
-# --- the HTTP shell ------------------------------------------------------------------------
+# --- the HTTP shell moved to channels/client.py; these names stay importable from here ----
 
-_MISMATCH = (ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED)
-
-
-@dataclass(frozen=True, slots=True)
-class PaidResponse:
-    """An HTTP answer with what it cost: `payment` None when nothing was paid."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    payment: Payment | None = None
-    settlement: SettleResponse | None = None
-    required: PaymentRequired | None = None  # the 402's terms, when the answer is a 402
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+_MOVED = {"PaidResponse", "PaymentClient"}
 
 
-class PaymentClient:
-    """Pays for HTTP requests over x402 batch-settlement with a `Payer` (aiohttp).
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # lazily: client imports this module, and aiohttp only when used
+        from . import client
 
-        >>> async with PaymentClient(Payer(Signer(key), "payer.sqlite")) as client:
-        ...     answer = await client.post(url, data=jpeg, headers={"Content-Type": "image/jpeg"})
-        ...     answer.status, answer.json(), answer.settlement.extra.charged_amount
-
-    The first request to a URL learns the terms from a 402; later ones pay at once. A
-    corrective 402 is adopted (after `Payer.recover` checks the payer's own signature) and
-    the request is retried once. Requests may run concurrently on one channel.
-    """
-
-    def __init__(self, payer: Payer, session: Any = None, *, timeout_s: float = 120.0) -> None:
-        self.payer = payer
-        self._session = session
-        self._own_session = session is None
-        self._timeout_s = timeout_s
-        self._offers: dict[str, PaymentRequirements] = {}
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the HTTP session if this client opened it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def post(self, url: str, **kwargs: Any) -> PaidResponse:
-        return await self.request("POST", url, **kwargs)
-
-    async def get(self, url: str, **kwargs: Any) -> PaidResponse:
-        return await self.request("GET", url, **kwargs)
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> PaidResponse:
-        """Send a request, paying when the server asks for it (see the class docstring)."""
-        headers = dict(headers or {})
-        offer = self._offers.get(url)
-        if offer is None:
-            status, got, body = await self._send(method, url, data, headers)
-            if status != 402:
-                return PaidResponse(status, got, body)
-            required = _payment_required(got, body)
-            if not required.accepts:
-                return PaidResponse(status, got, body, required=required)
-            offer = self._offers[url] = required.accepts[0]
-        digest = hashlib.sha256(data).digest() if data is not None else None
-        for attempt in range(2):
-            payment = self.payer.pay(offer)
-            try:
-                status, got, body = await self._send(
-                    method, url, data, {**headers, "PAYMENT-SIGNATURE": payment.header}
-                )
-            except BaseException:  # no answer: the server may have charged it
-                self.payer.release(payment, maybe_charged=True)
-                raise
-            if 200 <= status < 300:
-                raw = got.get("PAYMENT-RESPONSE")
-                if raw is None:  # served but not said what it cost: count it as maybe charged
-                    self.payer.release(payment, maybe_charged=True)
-                    return PaidResponse(status, got, body, payment)
-                try:
-                    settlement = parse_payment_response(raw)
-                except PaymentError:
-                    self.payer.release(payment, maybe_charged=True)
-                    raise
-                self.payer.settle(payment, settlement, request_digest=digest)
-                return PaidResponse(status, got, body, payment, settlement)
-            if status != 402:
-                self.payer.release(payment)  # errors are never charged
-                return PaidResponse(status, got, body, payment)
-            required = _payment_required(got, body)
-            if (
-                attempt == 0
-                and required.error in _MISMATCH
-                and self.payer.recover(payment, required)
-            ):
-                continue
-            self.payer.release(payment)
-            fresh = next((a for a in required.accepts if not a.extra.channel_state), None)
-            if fresh is not None:
-                self._offers[url] = fresh  # the terms may have changed
-            return PaidResponse(status, got, body, payment, required=required)
-        raise AssertionError("unreachable")
-
-    async def refund(
-        self, url: str, amount: int | None = None, *, method: str = "POST"
-    ) -> SettleResponse:
-        """Ask the server behind `url` for a cooperative refund (None: everything unclaimed).
-
-        Raises PaymentError when the server refuses (its 402 error code) or answers
-        without a `PAYMENT-RESPONSE`.
-        """
-        offer = self._offers.get(url)
-        if offer is None:
-            status, got, body = await self._send(method, url, None, {})
-            if status != 402:
-                raise PaymentError(
-                    ErrorCode.INVALID_PAYLOAD, "status", f"expected 402, got {status}"
-                )
-            required = _payment_required(got, body)
-            if not required.accepts:
-                raise PaymentError(ErrorCode.INVALID_SCHEME, "accepts", "no batch-settlement offer")
-            offer = self._offers[url] = required.accepts[0]
-        payment = self.payer.refund(offer, amount)
-        status, got, body = await self._send(
-            method, url, None, {"PAYMENT-SIGNATURE": payment.header}
-        )
-        raw = got.get("PAYMENT-RESPONSE")
-        if raw is None:
-            reason = _payment_required(got, body).error if status == 402 else f"status {status}"
-            raise PaymentError(_code_of(reason), "PAYMENT-RESPONSE", f"refund refused: {reason}")
-        settlement = parse_payment_response(raw)
-        self.payer.settle(payment, settlement)
-        if not settlement.success:
-            raise PaymentError(
-                ErrorCode.REFUND_TRANSACTION_FAILED,
-                "PAYMENT-RESPONSE.success",
-                f"refund failed: {settlement.error_reason}: {settlement.error_message}",
-            )
-        return settlement
-
-    async def _send(
-        self, method: str, url: str, data: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        import aiohttp  # the payer core needs no HTTP; importing aiohttp costs ~0.3 s
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
-            )
-        async with self._session.request(method, url, data=data, headers=headers) as resp:
-            return resp.status, resp.headers, await resp.read()
-
-
-def _code_of(reason: str | None) -> ErrorCode:
-    try:
-        return ErrorCode(reason)
-    except ValueError:
-        return ErrorCode.REFUND_PAYLOAD
-
-
-def _payment_required(headers: Mapping[str, str], body: bytes) -> PaymentRequired:
-    raw = headers.get("PAYMENT-REQUIRED")
-    if raw is not None:
-        return parse_payment_required(raw)
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise PaymentError(
-            ErrorCode.INVALID_PAYLOAD, "PAYMENT-REQUIRED", "a 402 without x402 terms"
-        ) from None
-    return PaymentRequired.from_json(data)
+        return getattr(client, name)
+    raise AttributeError(f"module 'channels.payer' has no attribute {name!r}")

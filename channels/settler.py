@@ -27,7 +27,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -237,6 +237,8 @@ class Settler:
         self.clock = clock
         self.wake = asyncio.Event()  # set by the watcher when a withdrawal starts
         self._lock = asyncio.Lock()  # one round at a time in this process
+        # Called with every round's report that moved money (metrics, logs); errors are logged.
+        self.listeners: list[Callable[[SettlementReport], None]] = []
 
     def on_chain_event(self, event: ChainEvent) -> None:
         """Watcher listener: a withdrawal starting on one of our channels wakes the settler."""
@@ -278,6 +280,12 @@ class Settler:
                     await self._claim_batch(targets[start : start + self.policy.batch_size], report)
             if self.policy.settle:  # also sweeps claims a previous run landed but did not settle
                 await self._settle(report)
+            if report.claims or report.settle is not None:
+                for fn in self.listeners:
+                    try:
+                        fn(report)
+                    except Exception:  # a listener's bug must not fail a round that landed
+                        log.exception("settler listener failed")
             return report
 
     async def _claim_batch(self, batch: Sequence[ClaimTarget], report: SettlementReport) -> None:

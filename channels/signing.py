@@ -43,5 +43,9 @@ class Signer:
         sig = self._key.sign_recoverable(digest, hasher=None)
         return sig[:64] + bytes((sig[64] + 27,))
 
+    def private_key_hex(self) -> str:
+        """The key as 0x-prefixed hex, for a transaction signer that needs it (web3's)."""
+        return "0x" + self._key.secret.hex()
+
     def __repr__(self) -> str:  # never the key
         return f"Signer({self.address})"

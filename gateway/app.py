@@ -4,10 +4,13 @@
     web.run_app(create_app(config), port=config.port)
 
 Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
-contexts, in order: the classifier, the payment gate (chain, ledger store, in-process
-facilitator), then the settler. Shutdown runs the other way round after aiohttp has stopped
-accepting connections and the in-flight paid requests have drained, so the last charges are
-committed before the store is flushed and closed.
+contexts, in order: the classifier, the payment gate (chain client, ledger store, in-process
+facilitator), then the chain sync (watcher + settler, ``channels.settler.ChainSync``).
+Shutdown runs the other way round after aiohttp has stopped accepting connections and the
+in-flight paid requests have drained, so the last charges are committed before the store is
+flushed and closed. With ``config.facilitator`` the x402 facilitator endpoints are mounted
+under ``/facilitator`` (``/verify``, ``/settle``, ``/supported``), served by the same
+facilitator the gate uses.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aiohttp import web
 
 from gateway import predictions
 from gateway.config import GatewayConfig
+from gateway.facilitator_routes import FACILITATOR, facilitator_app
 from gateway.keys import (
     CAPS,
     CLASSIFIER,
@@ -51,10 +55,19 @@ def create_app(
 ) -> web.Application:
     """Build the gateway application for ``config``.
 
-    ``classifier`` (an ``inference.Classifier``) and ``chain`` (a connected chain client)
-    may be passed in to share them, e.g. one loaded model across tests or the embedded
-    chain in ``paychan demo``; otherwise they are built from ``config`` at startup and
-    closed at cleanup. Passed-in objects are not closed by the app.
+    ``classifier`` (an ``inference.Classifier``) may be passed in to share one loaded model,
+    e.g. across tests. ``chain`` shares a chain *connection*: an ``AsyncWeb3``, or anything
+    with a ``.w3`` AsyncWeb3 — ``contracts.EmbeddedChain`` (``paychan demo``) or a
+    ``channels.ChainClient``. Whichever is given, the gateway builds its own ``ChainClient``
+    over that connection (signing with ``config.key``, journaling into its ledger store);
+    addresses come from ``config`` (settlement, collector, token). Without ``chain`` it
+    connects to ``config.rpc_url``. Passed-in objects are not closed by the app::
+
+        emb = contracts.embedded_chain()
+        app = create_app(GatewayConfig.from_mapping({"key": k, "token": emb.deployment.token}),
+                         classifier=clf, chain=emb)
+        ...
+        result = await app[PAYMENTS].settle_now()     # claim + settle now (see its docstring)
     """
     config.require_payment_terms()
     # Bodies larger than this are refused while reading (Content-Length is checked earlier).
@@ -76,9 +89,14 @@ def create_app(
     app.add_routes(routes)
     app.cleanup_ctx.append(_classifier_ctx(classifier))
     if config.payment:
-        app.cleanup_ctx.append(_payments_ctx(chain))
+        facilitator = None
+        if config.facilitator:
+            # Mounted now (routes freeze at startup); the facilitator is set once it exists.
+            facilitator = facilitator_app()
+            app.add_subapp("/facilitator", facilitator)
+        app.cleanup_ctx.append(_payments_ctx(chain, facilitator))
         if config.settler:
-            app.cleanup_ctx.append(_settler_ctx)
+            app.cleanup_ctx.append(_chain_sync_ctx)
     app.on_shutdown.append(_drain)
     return app
 
@@ -103,25 +121,28 @@ def _classifier_ctx(shared: Any | None):
     return ctx
 
 
-def _payments_ctx(shared_chain: Any | None):
+def _payments_ctx(shared_chain: Any | None, facilitator: web.Application | None):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from gateway.payments import PaymentGate
 
         gate = await PaymentGate.open(app[CONFIG], app[METRICS], chain=shared_chain)
         app[PAYMENTS] = gate
         app[STORE] = gate.store
+        if facilitator is not None:
+            facilitator[FACILITATOR] = gate.facilitator
         yield
-        await gate.close()  # flushes the ledger store
+        await gate.close()  # stops the chain sync, flushes the ledger store
 
     return ctx
 
 
-async def _settler_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _chain_sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The watcher + settler loop (``ChainSync``), under its lease (Redis: one of N workers)."""
     gate = app[PAYMENTS]
-    settler = await gate.start_settler()
-    app[SETTLER] = settler
+    app[SETTLER] = gate.sync
+    gate.sync.start()
     yield
-    await gate.stop_settler(settler)
+    await gate.stop_sync()
 
 
 async def _drain(app: web.Application) -> None:

@@ -84,10 +84,22 @@ class GatewayConfig:
     request_timeout_s: float = 30.0
     samples_per_minute: int = 60  # per client address
     max_sample_bytes: int = 4 * 1024 * 1024
-    # --- settlement
-    settler: bool = True
-    claim_interval_s: float = 30.0
-    claim_threshold: int = 0  # claim early once this much is unclaimed (0: interval only)
+    # --- chain sync: the watcher, the settler (claims + settle) and the facilitator routes.
+    # A claim is due when ANY of: a withdrawal is pending on a channel with unclaimed charges
+    # (at once), the oldest unclaimed charge is claim_after_s old, or claim_threshold units
+    # are unclaimed. Then every claimable channel is claimed (claim_batch_size rows per
+    # claimWithSignature) and the claimed value is settled to the receiver.
+    settler: bool = True  # run the watcher + settler here (with --workers N, one holds the lease)
+    claim_interval_s: float = 5.0  # how often the settler checks whether a claim is due
+    claim_after_s: float = 3600.0  # claim once the oldest unclaimed charge is this old
+    claim_threshold: int = 1_000_000  # ... or once this much is unclaimed (0: every check)
+    claim_batch_size: int = 100  # channels per claimWithSignature (1..100)
+    chain_poll_s: float = 1.0  # how often the watcher reads new blocks
+    confirmations: int = 0  # blocks deep before an event is applied (0 on dev chains)
+    start_block: int | None = None  # where a watcher with no stored cursor starts (None: head)
+    settler_lease_ttl_s: float = 15.0  # Redis lease: another worker takes over this long after a crash
+    tx_timeout_s: float = 600.0  # how long a claim/settle/deposit may wait for its receipt
+    facilitator: bool = True  # mount POST /facilitator/verify, /settle and GET /supported
     # --- shutdown
     drain_timeout_s: float = 10.0
 
@@ -149,6 +161,19 @@ class GatewayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
+        for name in ("claim_interval_s", "claim_after_s", "chain_poll_s", "settler_lease_ttl_s",
+                     "tx_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
+        for name in ("claim_threshold", "confirmations", "start_block"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name}: must be 0 or more, got {value}; {_where(name)}")
+        if not 1 <= self.claim_batch_size <= 100:
+            raise ConfigError(
+                f"claim_batch_size: must be 1..100 channels per claim, got {self.claim_batch_size}; "
+                f"{_where('claim_batch_size')}"
+            )
         if not 900 <= self.withdraw_delay <= 2_592_000:
             raise ConfigError(
                 f"withdraw_delay: must be 900..2592000 seconds (15 min to 30 days), got "

@@ -6,6 +6,10 @@ in-process); mount it under a prefix::
     app.add_subapp("/facilitator", facilitator_app(facilitator))
     # -> POST /facilitator/verify, POST /facilitator/settle, GET /facilitator/supported
 
+When the facilitator only exists once the app starts (``create_app`` opens it in a cleanup
+context), mount ``facilitator_app()`` and set ``sub[FACILITATOR] = fac`` during startup;
+until then the endpoints answer 503.
+
 Bodies are the x402 v2 facilitator JSON: ``{"x402Version": 2, "paymentPayload": {...},
 "paymentRequirements": {...}}``. Answers are 200 with ``isValid`` / ``success`` false and the
 spec's reason on payment problems; 400 only when the body is not JSON at all.
@@ -43,25 +47,41 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _facilitator(request: web.Request) -> Facilitator:
+    fac = request.app.get(FACILITATOR)
+    if fac is None:  # mounted, but the gateway's payment side has not started (or is off)
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "facilitator_unavailable",
+                             "message": "the facilitator is not started yet; retry shortly"}),
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+    return fac
+
+
 async def verify(request: web.Request) -> web.Response:
-    fac = request.app[FACILITATOR]
+    fac = _facilitator(request)
     return web.json_response(await fac.verify_json(await _body(request)))
 
 
 async def settle(request: web.Request) -> web.Response:
-    fac = request.app[FACILITATOR]
+    fac = _facilitator(request)
     return web.json_response(await fac.settle_json(await _body(request)))
 
 
 async def supported(request: web.Request) -> web.Response:
-    fac = request.app[FACILITATOR]
+    fac = _facilitator(request)
     return web.json_response(fac.supported(await fac.chain.chain_id()))
 
 
-def facilitator_app(facilitator: Facilitator) -> web.Application:
-    """The facilitator endpoints as a sub-application (mount with `app.add_subapp(prefix, ...)`)."""
+def facilitator_app(facilitator: Facilitator | None = None) -> web.Application:
+    """The facilitator endpoints as a sub-application (mount with `app.add_subapp(prefix, ...)`).
+
+    ``facilitator`` may be None and set later as ``sub[FACILITATOR]`` (before or at startup).
+    """
     app = web.Application()
-    app[FACILITATOR] = facilitator
+    if facilitator is not None:
+        app[FACILITATOR] = facilitator
     app.router.add_post("/verify", verify)
     app.router.add_post("/settle", settle)
     app.router.add_get("/supported", supported)

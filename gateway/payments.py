@@ -1,46 +1,63 @@
 """The payment gate: the gateway's side of a batch-settlement channel, per request.
 
-It joins what other packages own — ``channels`` (wire, verification, the pure ledger and its
-stores), the chain client, the in-process facilitator (deposits) and the settler — into the
-calls the x402 middleware makes:
+It joins what ``channels`` owns — wire, verification, the pure ledger and its stores, the
+chain client (``ChainClient``), the in-process facilitator (``Facilitator``: deposits,
+refunds) and the chain sync (``ChainSync``: watcher + settler under a lease) — into the calls
+the x402 middleware makes::
 
     checked = await gate.check(header, units, request)        # 402 | replayed answer | payment
     held = await gate.reserve(checked, units, request)        # 402 | Hold (deposit submitted here)
     await gate.release(held)                                  # failure: nothing is charged
     response = await gate.commit(held, request, response)     # charge + PAYMENT-RESPONSE + receipt
 
-``PaymentGate.open(config, metrics)`` connects the chain, reads the token's EIP-712 domain and
-opens the ledger store; ``close()`` flushes and closes the store.
+The hot path (check, reserve, commit of a known channel) never touches the chain: vouchers
+are verified in-process and the ledger store holds the channel state. The chain is read only
+for a deposit payload (submitted through the facilitator) and for a channel the store does
+not know (mirrored once from the chain).
+
+``PaymentGate.open(config, metrics, chain=...)`` connects the chain, reads the token's
+EIP-712 domain, opens the ledger store and builds the client, facilitator and chain sync;
+``close()`` stops the sync and flushes and closes the store. ``settle_now()`` claims and
+settles everything charged, now.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import itertools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.logs import DISCARD
 
+from channels.chain import ChainClient, TxPolicy, is_transport_error
 from channels.eip712 import checksum_address, to_address
 from channels.errors import ErrorCode, PaymentError
-from channels.ledger import AcceptInput, Deposited, Rejection, UnknownReservation
+from channels.facilitator import Facilitator
+from channels.ledger import AcceptInput, LedgerPolicy, Rejection, UnknownReservation
+from channels.settler import ChainSync, LocalLease, SettlementReport, SettlerPolicy, lease_for
 from channels.signing import Signer
+from channels.txjournal import TxJournal
 from channels.verify import verify_deposit_authorization
 from channels.wire import DepositPayload, RefundPayload
-from gateway import backends
 from gateway.config import GatewayConfig
 from gateway.errors import api_error
 from gateway.keys import MODEL_VERSION_HASH
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import Gauge, GatewayMetrics
 from gateway.receipts import ReceiptSigner
 from gateway.terms import Terms, VerifiedPayment
 
-__all__ = ["Hold", "PaymentGate"]
+__all__ = ["Hold", "PaymentGate", "connect_rpc", "open_ledger", "settlement_json", "web3_of"]
+
+log = logging.getLogger("paychan.payments")
 
 _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE"
 IDEMPOTENCY_KEY = "Idempotency-Key"  # the header; gateway.x402 re-exports the same name
@@ -58,8 +75,130 @@ class Hold:
     idempotency_key: str | None = None
 
 
+# ---------------------------------------------------------------------- chain plumbing
+
+
+async def connect_rpc(url: str, *, timeout_s: float = 30.0) -> AsyncWeb3:
+    """An AsyncWeb3 over the JSON-RPC ``url``, checked to answer (ConnectionError if not).
+
+        w3 = await connect_rpc("http://127.0.0.1:8545")
+    """
+    w3 = AsyncWeb3(AsyncHTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+    try:
+        await w3.eth.chain_id
+    except Exception as exc:  # any transport failure: say which URL and how to fix it
+        await close_web3(w3)
+        raise ConnectionError(
+            f"rpc_url: cannot reach {url} ({type(exc).__name__}: {exc}); "
+            "start the chain (paychan devnet) or pass --rpc URL"
+        ) from None
+    return w3
+
+
+def web3_of(chain: Any) -> AsyncWeb3:
+    """The AsyncWeb3 inside a shared ``chain``: an AsyncWeb3 itself, or anything with ``.w3``
+    (``contracts.EmbeddedChain``, a ``channels.ChainClient``)."""
+    if isinstance(chain, AsyncWeb3):
+        return chain
+    w3 = getattr(chain, "w3", None)
+    if isinstance(w3, AsyncWeb3):
+        return w3
+    raise TypeError(
+        f"chain: expected an AsyncWeb3 or an object with a .w3 AsyncWeb3 (contracts.EmbeddedChain, "
+        f"channels.ChainClient), got {type(chain).__name__}"
+    )
+
+
+async def close_web3(w3: AsyncWeb3) -> None:
+    disconnect = getattr(w3.provider, "disconnect", None)
+    if disconnect is not None:
+        await disconnect()
+
+
+async def open_ledger(config: GatewayConfig, chain_id: int) -> Any:
+    """The channel ledger store ``config.store`` names, namespaced by chain and contract.
+
+        store = await open_ledger(config, 31337)   # SQLite file, Redis, or memory
+    """
+    from channels.store import open_store
+
+    url = "memory://" if config.store == "memory" else config.store
+    # The ledger's own per-channel cap matches ours; a hold outlives the slowest answer.
+    policy = LedgerPolicy(
+        reservation_timeout_s=max(120.0, 4 * config.request_timeout_s),
+        max_in_flight=config.max_in_flight_per_channel,
+    )
+    return await open_store(url, chain_id=chain_id, contract=config.settlement, policy=policy)
+
+
+def settler_policy(config: GatewayConfig) -> SettlerPolicy:
+    """The settler's policy from the gateway's ``claim_*`` settings."""
+    return SettlerPolicy(
+        claim_after_s=config.claim_after_s,
+        claim_threshold=config.claim_threshold,
+        batch_size=config.claim_batch_size,
+        interval_s=config.claim_interval_s,
+    )
+
+
+_DOMAIN_ABI = [
+    {"type": "function", "name": "name", "stateMutability": "view", "inputs": [],
+     "outputs": [{"name": "", "type": "string"}]},
+    {"type": "function", "name": "version", "stateMutability": "view", "inputs": [],
+     "outputs": [{"name": "", "type": "string"}]},
+    {"type": "function", "name": "eip712Domain", "stateMutability": "view", "inputs": [],
+     "outputs": [{"name": "fields", "type": "bytes1"}, {"name": "name", "type": "string"},
+                 {"name": "version", "type": "string"}, {"name": "chainId", "type": "uint256"},
+                 {"name": "verifyingContract", "type": "address"}, {"name": "salt", "type": "bytes32"},
+                 {"name": "extensions", "type": "uint256[]"}]},
+]
+
+
+async def _token_domain(w3: AsyncWeb3, token: str) -> tuple[str, str]:
+    """The token's EIP-712 domain (name, version): ERC-5267 ``eip712Domain()``, else name()/version()."""
+    contract = w3.eth.contract(address=AsyncWeb3.to_checksum_address(token), abi=_DOMAIN_ABI)
+    try:
+        domain = await contract.functions.eip712Domain().call()
+        return str(domain[1]), str(domain[2])
+    except Exception:  # not ERC-5267: fall back to the USDC-style getters
+        name = await contract.functions.name().call()
+        try:
+            version = await contract.functions.version().call()
+        except Exception:
+            version = "1"
+        return str(name), str(version)
+
+
+def settlement_json(report: SettlementReport, chain: ChainClient) -> dict[str, Any]:
+    """A settler round as JSON, with one row per claimed channel (from the Claimed events).
+
+    ``{"reason", "channels", "claimed", "claims": [{"channel", "amount", "total_claimed",
+    "tx"}], "claim_txs", "settle_tx", "settled_amount", "gas_used", "skipped"}``
+    """
+    out = report.to_json()
+    out["settled_amount"] = out.pop("settled")
+    rows = []
+    for result in report.claims:
+        for ev in chain.settlement.events.Claimed().process_receipt(result.receipt, errors=DISCARD):
+            rows.append({
+                "channel": "0x" + bytes(ev["args"]["channelId"]).hex(),
+                "amount": int(ev["args"]["claimAmount"]),
+                "total_claimed": int(ev["args"]["newTotalClaimed"]),
+                "tx": result.tx_hash,
+            })
+    out["claims"] = rows
+    return out
+
+
+# ---------------------------------------------------------------------- the gate
+
+
 class PaymentGate:
-    """Verifies payments, holds and commits charges, signs receipts (one per gateway process)."""
+    """Verifies payments, holds and commits charges, signs receipts (one per gateway process).
+
+    ``chain`` is the provider's ``ChainClient`` (its journal lives in ``store``),
+    ``facilitator`` submits deposits and refunds, ``sync`` follows the chain and settles.
+    """
 
     def __init__(
         self,
@@ -68,10 +207,11 @@ class PaymentGate:
         terms: Terms,
         store: Any,
         receipts: ReceiptSigner,
-        chain: Any,
-        facilitator: Any,
+        chain: ChainClient,
+        facilitator: Facilitator,
+        sync: ChainSync,
         *,
-        owned: list[Any],
+        owned_w3: AsyncWeb3 | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -80,54 +220,95 @@ class PaymentGate:
         self.receipts = receipts
         self.chain = chain
         self.facilitator = facilitator
-        self._owned = owned
+        self.sync = sync
+        self._owned_w3 = owned_w3
+        self._sync_stopped = False
         self._network = terms.network
         self._payer_json: dict[bytes, str] = {}
         # Request ids unique across processes sharing a Redis ledger: pid + boot nonce + counter.
         self._ids = itertools.count()
         self._id_prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
+        sync.settler.listeners.append(self._count_settlement)
+        metrics.add(Gauge("paychan_settler_leader", "1 while this process holds the settler lease.",
+                          read=lambda: int(sync.leader)))
+        metrics.add(Gauge("paychan_chain_rpc_retries", "RPC calls retried after a transport failure.",
+                          read=lambda: chain.rpc_failures))
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
     async def open(cls, config: GatewayConfig, metrics: GatewayMetrics, *, chain: Any = None) -> PaymentGate:
-        owned: list[Any] = []
+        """Connect (or use the shared ``chain``: see ``web3_of``), read the terms, open the store.
+
+        The gate always builds its own ``ChainClient`` over the connection, signing with
+        ``config.key`` and journaling into the ledger store, so restarts finish what was sent.
+        """
+        owned_w3 = None
         if chain is None:
-            chain = await backends.connect_chain(config)
-            owned.append(("chain", chain))
-        chain_id = await backends.chain_id(chain)
-        signer = Signer(config.key)
-        name, version = config.token_name, config.token_version
-        if name is None or version is None:
-            name2, version2 = await backends.token_domain(chain, config.token)
-            name, version = name or name2, version or version2
-        receiver = to_address(config.receiver) if config.receiver else signer.address_bytes
-        terms = Terms(
-            chain_id=chain_id,
-            settlement=checksum_address(config.settlement),
-            token=to_address(config.token),
-            receiver=receiver,
-            receiver_authorizer=signer.address_bytes,
-            price=config.price,
-            withdraw_delay=config.withdraw_delay,
-            token_name=name,
-            token_version=version,
-            max_timeout_seconds=config.max_timeout_seconds,
-            min_deposit=config.min_deposit,
+            w3 = owned_w3 = await connect_rpc(config.rpc_url)
+        else:
+            w3 = web3_of(chain)
+        try:
+            chain_id = int(await w3.eth.chain_id)
+            signer = Signer(config.key)
+            name, version = config.token_name, config.token_version
+            if name is None or version is None:
+                name2, version2 = await _token_domain(w3, config.token)
+                name, version = name or name2, version or version2
+            receiver = to_address(config.receiver) if config.receiver else signer.address_bytes
+            terms = Terms(
+                chain_id=chain_id,
+                settlement=checksum_address(config.settlement),
+                token=to_address(config.token),
+                receiver=receiver,
+                receiver_authorizer=signer.address_bytes,
+                price=config.price,
+                withdraw_delay=config.withdraw_delay,
+                token_name=name,
+                token_version=version,
+                max_timeout_seconds=config.max_timeout_seconds,
+                min_deposit=config.min_deposit,
+            )
+            store = await open_ledger(config, chain_id)
+        except BaseException:
+            if owned_w3 is not None:
+                await close_web3(owned_w3)
+            raise
+        client = ChainClient(
+            w3, config.key, journal=TxJournal(store), settlement=config.settlement,
+            collector=config.collector, policy=TxPolicy(receipt_timeout_s=config.tx_timeout_s),
         )
-        store = await backends.open_store(config, terms)
-        owned.append(("store", store))
-        facilitator = await backends.open_facilitator(config, chain, signer, terms)
-        owned.append(("facilitator", facilitator))
+        facilitator = Facilitator(client, store, authorizer=signer)
+        # Only a gateway that runs the settler competes for the lease (Redis: one of N workers).
+        lease = (lease_for(config.store, chain_id=chain_id, settlement=terms.settlement,
+                           ttl_s=config.settler_lease_ttl_s) if config.settler else LocalLease())
+        sync = ChainSync(
+            client, store, authorizer=signer, receiver=checksum_address(receiver), token=config.token,
+            lease=lease, policy=settler_policy(config), confirmations=config.confirmations,
+            start_block=config.start_block, poll_s=config.chain_poll_s,
+        )
         receipts = ReceiptSigner(signer, chain_id=chain_id, settlement=terms.settlement)
-        return cls(config, metrics, terms, store, receipts, chain, facilitator, owned=owned)
+        return cls(config, metrics, terms, store, receipts, client, facilitator, sync, owned_w3=owned_w3)
+
+    async def stop_sync(self) -> None:
+        """Stop the chain sync and give up its lease (idempotent)."""
+        if not self._sync_stopped:
+            self._sync_stopped = True
+            await self.sync.stop()
 
     async def close(self) -> None:
-        for kind, resource in reversed(self._owned):
-            await backends.close(kind, resource)
+        """Stop the sync, flush and close the store, disconnect an RPC connection we opened."""
+        try:
+            await self.stop_sync()
+        finally:
+            await self.store.flush()
+            await self.store.close()
+            if self._owned_w3 is not None:
+                await close_web3(self._owned_w3)
 
     async def ping_chain(self) -> bool:
-        return await backends.ping_chain(self.chain)
+        await self.chain.w3.eth.block_number  # no retries: /readyz wants the truth now
+        return True
 
     async def ping_store(self) -> bool:
         await self.store.get(bytes(32))
@@ -177,19 +358,27 @@ class PaymentGate:
         request_id = self._id_prefix + str(next(self._ids))
         key = request.headers.get(IDEMPOTENCY_KEY)
         if key is not None:
-            record = await backends.begin_idempotent(self.store, payment.channel_id, key, request_id)
+            record = await self.store.begin_idempotent(payment.channel_id, key, request_id, time.time())
             if record is not None:
                 return self._replay(record)
         voucher = payment.voucher
         inp = AcceptInput(payment.channel_id, voucher.max_claimable_amount, voucher.signature, amount,
                           request_id, time.time(), deposit_amount, payment.config)
-        outcome = await backends.accept(self.store, inp)
+        outcome = await self.store.accept(inp)
+        hold = Hold(payment, amount, request_id, idempotency_key=key)
         if isinstance(outcome, Rejection) and outcome.code == ErrorCode.CHANNEL_NOT_FOUND and not deposit_amount:
             # Unknown here but maybe funded on-chain (deposited elsewhere, or our state was
             # lost): mirror the chain's view once and try again (the spec's recovery baseline).
-            if await backends.sync_channel(self, payment):
-                outcome = await backends.accept(self.store, inp)
-        hold = Hold(payment, amount, request_id, idempotency_key=key)
+            try:
+                synced = await self._mirror_from_chain(payment)
+            except Exception as exc:
+                if key is not None:
+                    await self.release(hold)  # drops the pending Idempotency-Key marker
+                if is_transport_error(exc):
+                    raise _chain_unavailable(self.config) from None
+                raise
+            if synced:
+                outcome = await self.store.accept(inp)
         if isinstance(outcome, Rejection):
             if key is not None:
                 await self.release(hold)  # drops the pending Idempotency-Key marker
@@ -197,18 +386,33 @@ class PaymentGate:
                                 units, request, outcome)
         if deposit_amount:
             try:
-                tx_hash, new_balance = await backends.submit_deposit(self.facilitator, payload, self.terms)
+                # Verifies against the chain (block time, payer funds, balance), submits through
+                # the collector, waits for the receipt, and mirrors the new balance into the store.
+                done = await self.facilitator.submit_deposit(payload, self.terms.requirements(units))
             except PaymentError as exc:
                 await self.release(hold)
                 return self._reject(exc, units, request)
-            await backends.apply_fact(self.store, payment.channel_id, Deposited(new_balance))
+            except Exception as exc:
+                await self.release(hold)
+                if is_transport_error(exc):
+                    raise _chain_unavailable(self.config) from None
+                raise
             self.metrics.deposits.inc()
-            hold.deposit_tx, hold.deposit_amount = tx_hash, deposit_amount
+            hold.deposit_tx, hold.deposit_amount = done.tx_hash, deposit_amount
         return hold
 
+    async def _mirror_from_chain(self, payment: VerifiedPayment) -> bool:
+        """Mirror a channel's on-chain state into the store; False when it holds nothing."""
+        async with asyncio.timeout(self.config.request_timeout_s):
+            onchain = await self.chain.read_channel(payment.channel_id)
+        if not onchain.balance:
+            return False
+        await self.store.apply_fact(payment.channel_id, onchain.fact(), config=payment.config)
+        return True
+
     async def release(self, hold: Hold) -> None:
-        await backends.release(self.store, hold.payment.channel_id, hold.request_id,
-                               idempotency_key=hold.idempotency_key)
+        await self.store.release(hold.payment.channel_id, hold.request_id,
+                                 idempotency_key=hold.idempotency_key)
 
     def _replay(self, record: Any) -> web.Response:
         """The stored answer of a finished Idempotency-Key, or 409 while the first is running."""
@@ -306,15 +510,36 @@ class PaymentGate:
             view["voucherState"] = voucher.to_json()
         return view
 
-    async def settle_now(self) -> dict:
-        """Claim every channel's charges and sweep them to the receiver now (tests, CLI)."""
-        return await backends.settle_now(self)
+    async def settle_now(self) -> dict[str, Any]:
+        """Claim everything charged now (every claimable channel, whatever the policy says),
+        settle the claimed value to the receiver, and wait for the receipts.
 
-    async def start_settler(self) -> Any:
-        return await backends.start_settler(self)
+        Safe beside the background sync (rounds never overlap in one process). Returns JSON::
 
-    async def stop_settler(self, settler: Any) -> None:
-        await backends.stop_settler(settler)
+            {"reason": "forced" | None,          # None: nothing was charged and unclaimed
+             "channels": 2, "claimed": 21000,    # channels claimed, token units newly claimed
+             "claims": [{"channel": "0x..", "amount": 12000, "total_claimed": 12000, "tx": "0x.."}],
+             "claim_txs": ["0x.."], "settle_tx": "0x.." | None,
+             "settled_amount": 21000,            # token units swept to the receiver
+             "gas_used": 151234, "skipped": [],  # channels whose claim kept failing
+             "receiver": "0x..", "token": "0x.."}
+
+        Raises ``channels.chain.TxFailed`` when a claim or the settle fails on-chain.
+        """
+        report = await self.sync.settler.run_once(force=True)
+        out = settlement_json(report, self.chain)
+        out["receiver"] = self.sync.settler.receiver
+        out["token"] = self.sync.settler.token
+        return out
+
+    def _count_settlement(self, report: SettlementReport) -> None:
+        self.metrics.claimed.inc((), report.claimed)
+        self.metrics.settled.inc((), report.settled)
+
+
+def _chain_unavailable(config: GatewayConfig) -> web.HTTPException:
+    return api_error(503, "chain_unavailable", "the chain node cannot be reached; retry shortly",
+                     retry_after=config.retry_after_s)
 
 
 def _resource_url(request: web.Request) -> str:

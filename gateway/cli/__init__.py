@@ -34,6 +34,10 @@ _COMMAND_MODULES: list[str] = [
     "deploy",
     "devnet",
     "demo",
+    "settle",
+    "classify",
+    "channel",
+    "models",
 ]
 
 

@@ -6,7 +6,13 @@
 
 Every flag also reads from ``PAYCHAN_<NAME>`` and from a TOML file (``--config``); flags win.
 With ``--workers N`` the parent starts N processes that bind the same port with
-SO_REUSEPORT and share the Redis ledger; only the first runs the settler.
+SO_REUSEPORT and share the Redis ledger. Each runs the chain sync, but only the holder of
+the Redis settler lease follows the chain and claims; if it dies, another worker takes the
+lease over within ``settler_lease_ttl_s`` (and first finishes the transactions it left).
+
+Settlement policy (flags, ``PAYCHAN_*`` or TOML): a claim is due on a pending withdrawal, or
+when the oldest unclaimed charge is ``--claim-after-s`` seconds old (default 3600), or when
+``--claim-threshold`` units are unclaimed (default 1000000); ``paychan settle`` forces one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag
+from gateway.cli._common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, add_json_flag
 
 __all__ = ["config_from_args", "register", "run_server"]
 
@@ -49,14 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-payment", dest="payment", action="store_const", const=False,
                    help="serve paid routes for free (benchmarks, local use)")
     p.add_argument("--no-settler", dest="settler", action="store_const", const=False,
-                   help="do not claim and settle from this gateway")
+                   help="do not follow the chain, claim or settle from this gateway")
+    p.add_argument("--claim-after-s", type=float,
+                   help="claim once the oldest unclaimed charge is this many seconds old (default 3600)")
+    p.add_argument("--claim-threshold", type=int,
+                   help="... or once this many token units are unclaimed (default 1000000)")
+    p.add_argument("--no-facilitator", dest="facilitator", action="store_const", const=False,
+                   help="do not mount the x402 facilitator endpoints under /facilitator")
     add_json_flag(p)
     p.set_defaults(handler=_handle)
 
 
 _FLAG_FIELDS = (
     "config", "rpc_url", "key_file", "token", "price", "store", "model", "workers", "host",
-    "port", "receiver", "settlement", "samples_dir", "payment", "settler",
+    "port", "receiver", "settlement", "samples_dir", "payment", "settler", "claim_after_s",
+    "claim_threshold", "facilitator",
 )
 
 
@@ -87,7 +100,10 @@ def _handle(args: argparse.Namespace) -> int:
           f"paychan gateway on {announce['url']} ({config.workers} worker(s), store {config.store})",
           flush=True)
     if config.workers == 1:
-        run_server(config)
+        try:
+            run_server(config)
+        except ConnectionError as exc:  # the RPC (or Redis) did not answer at startup
+            raise CliError(str(exc), EXIT_UNREACHABLE) from None
         return 0
     return _run_workers(config)
 
@@ -120,8 +136,9 @@ def _run_workers(config: Any) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for index in range(config.workers):
-        # Exactly one settler among the workers: two would race for the same claims.
-        worker_config = dataclasses.replace(config, workers=1, settler=config.settler and index == 0)
+        # Every worker may settle: the Redis lease lets exactly one act at a time, and
+        # another takes over if that one dies.
+        worker_config = dataclasses.replace(config, workers=1)
         proc = ctx.Process(target=_worker_main, args=(worker_config,), name=f"paychan-worker-{index}")
         proc.start()
         procs.append(proc)

@@ -69,7 +69,14 @@ async def test_journal_entry_is_durable_before_the_node_sees_it(env: ChainEnv) -
             break
         await asyncio.sleep(0.02)
     (entry,) = await env.chain.journal.pending()
-    raw = await env.w3.eth.get_raw_transaction(entry.attempts[0].tx_hash)
+    raw = None
+    for _ in range(200):  # journaled first, broadcast a moment later: wait for the node to see it
+        try:
+            raw = await env.w3.eth.get_raw_transaction(entry.attempts[0].tx_hash)
+            break
+        except Exception:  # TransactionNotFound until the broadcast lands
+            await asyncio.sleep(0.02)
+    assert raw is not None, "the journaled transaction never reached the node"
     assert "0x" + bytes(raw).hex() == entry.attempts[0].raw  # the exact bytes are journaled
     rpc(env.node.url, "evm_setAutomine", [True])
     rpc(env.node.url, "evm_mine", [])

@@ -58,6 +58,9 @@ def test_demo_command_prints_a_json_summary() -> None:
     assert s["requests"] == s["answered"] == len(list(DEMO_PHOTOS.glob("*.jpg")))
     assert s["provider_received"] == s["charged"] == s["requests"] * s["price"] > 0
     assert s["payer_balance_change"] + s["channel_remaining"] == -s["charged"]
+    # Unmodified x402 clients find the contracts: they sit at the canonical addresses.
+    assert s["contracts"]["settlement"] == "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+    assert set(s["contracts"]) >= {"chain_id", "settlement", "collector", "token", "registry"}
 
 
 @pytest.mark.parametrize(

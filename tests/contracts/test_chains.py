@@ -78,15 +78,6 @@ async def test_model_registry_publishes_versions() -> None:
         assert selector(error) in await revert_data(None, key, "publish", args, to=reg)
 
 
-def test_cli_demo_prints_the_embedded_deployment() -> None:
-    out = subprocess.run([sys.executable, "-c", _CLI, "demo", "--json"], capture_output=True, text=True,
-                         timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
-    assert data["settlement"] == "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
-    assert set(data) >= {"chain_id", "settlement", "collector", "token", "registry"}
-
-
 def test_cli_deploy_on_anvil(tmp_path, anvil_node) -> None:
     key = tmp_path / "deployer.key"
     key.write_text(DEV_KEYS[8])

@@ -55,6 +55,9 @@ def test_key_file(tmp_path: Path) -> None:
         ({"workers": 2}, {}, "workers: more than one worker process needs a shared ledger"),
         ({"key": "0xabc"}, {}, "key: must be 32 bytes of hex"),
         ({"bogus": 1}, {}, "bogus: unknown setting"),
+        ({"claim_batch_size": 101}, {}, "claim_batch_size: must be 1..100 channels per claim"),
+        ({}, {"PAYCHAN_CLAIM_AFTER_S": "0"}, "claim_after_s: must be positive, got 0.0; set --claim-after-s"),
+        ({"claim_threshold": -1}, {}, "claim_threshold: must be 0 or more"),
     ],
 )
 def test_errors_name_field_and_fix(flags: dict, env: dict, needle: str) -> None:
@@ -76,3 +79,15 @@ def test_bad_toml_is_reported(tmp_path: Path) -> None:
     bad.write_text("price = = 3")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         GatewayConfig.load({"config": bad}, env={})
+
+
+def test_settlement_policy_defaults_and_env() -> None:
+    """The settler's policy comes from the config (see gateway.payments.settler_policy)."""
+    from gateway.payments import settler_policy
+
+    policy = settler_policy(GatewayConfig.load({}, env={}))
+    assert (policy.claim_after_s, policy.claim_threshold, policy.batch_size) == (3600.0, 1_000_000, 100)
+    config = GatewayConfig.load({}, env={"PAYCHAN_CLAIM_THRESHOLD": "5_000", "PAYCHAN_FACILITATOR": "off",
+                                         "PAYCHAN_START_BLOCK": "12"})
+    assert settler_policy(config).claim_threshold == 5000
+    assert config.facilitator is False and config.start_block == 12

@@ -1,0 +1,1150 @@
+"""The payer SDK over HTTP: pay for paychan classifications (and any x402 resource) with a `Payer`.
+
+    >>> async with PaymentClient.from_key(key, base_url="http://127.0.0.1:8402") as client:
+    ...     result = await client.classify("cat.jpg", top_k=3)
+    ...     result.top.label, result.top.probability, result.charged, result.model_version
+    ('tiger cat', 0.39, 1000, '0x5f1e...')
+    ...     await client.refund()                      # the unspent rest, cooperatively
+    ...     await client.withdraw(rpc_url=rpc)         # or the timed escape hatch, on-chain
+
+`classify` checks the image and `top_k` before any money moves, learns the terms from the
+first 402, opens the channel with one deposit (`deposit=` base units, else `deposit_requests`
+x the price, default 10; at least the server's minDeposit), pays every later image with a
+voucher, tops the channel up with a new deposit payload when its balance no longer covers
+the next image, adopts a corrective 402 after checking the payer's own signature in it,
+retries `channel_busy` with a fresh voucher, and verifies the signed receipt (signature,
+charge, request and answer digests, model version) of every answer. Several classifications
+may run at once on one channel; a deposit in flight holds the others back until it lands, so
+no voucher ever counts on money that is not on-chain yet.
+
+`post/get/request` pay for any x402 batch-settlement resource the same way and hand back the
+raw answer (`PaidResponse`). `SyncPaymentClient` wraps it all for scripts without asyncio.
+
+Errors (all `ClientError`): `InputError` (bad image or argument: nothing was sent),
+`PaymentRefused` (the server's 402, with its spec code), `RequestFailed` (any other non-2xx:
+never charged), `ReceiptInvalid` (the answer failed verification: the channel is halted),
+`GatewayUnreachable` (no answer; the price stays counted as maybe charged), `ChainError`
+(a withdrawal transaction failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from .errors import ErrorCode, PaymentError
+from .payer import ChannelHalted, ChannelRecord, Payer, Payment
+from .signing import Signer
+from .wire import (
+    PaymentRequired,
+    PaymentRequirements,
+    SettleResponse,
+    SignedReceipt,
+    parse_payment_required,
+    parse_payment_response,
+)
+
+__all__ = [
+    "DEFAULT_STATE",
+    "ChainError",
+    "Classification",
+    "ClientError",
+    "GatewayUnreachable",
+    "InputError",
+    "PaidResponse",
+    "PaymentClient",
+    "PaymentRefused",
+    "Prediction",
+    "ReceiptInvalid",
+    "RequestFailed",
+    "SyncPaymentClient",
+    "WithdrawStatus",
+    "load_image",
+    "parse_channel_id",
+    "read_onchain",
+]
+
+T = TypeVar("T")
+
+DEFAULT_STATE = Path("~/.paychan/payer.sqlite")  # the payer's channels when no file is named
+MAX_TOP_K = 1000  # ImageNet-1k has 1000 classes; the gateway's own cap (20 by default) may be lower
+
+_MISMATCH = (ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED)
+_BUSY_RETRIES = 8  # channel_busy / overloaded answers retried by classify before giving up
+_RETRY_AFTER_CAP_S = 5.0
+_IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, content type)
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"BM", 0, "image/bmp"),
+    (b"WEBP", 8, "image/webp"),
+)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ClientError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+
+class InputError(ClientError, ValueError):
+    """A bad argument (image, top_k, amount, channel): raised before anything is sent or paid."""
+
+
+class GatewayUnreachable(ClientError, ConnectionError):
+    """The server could not be reached or did not answer in time."""
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        self.url = url
+        super().__init__(f"cannot reach {url}: {type(cause).__name__}: {cause}".rstrip(": "))
+
+
+class PaymentRefused(ClientError, PaymentError):
+    """The server answered 402 to a payment: `code` is the spec's error code (e.g.
+    ``invalid_batch_settlement_evm_cumulative_exceeds_balance``). Nothing was charged.
+
+    Also a `PaymentError`, so callers that catch the protocol core's error catch it too.
+    """
+
+    def __init__(
+        self, code: str | None, message: str, required: PaymentRequired | None = None
+    ) -> None:
+        PaymentError.__init__(self, _code_of(code), "PAYMENT-REQUIRED", message)
+        self.required = required
+
+    def __str__(self) -> str:
+        return f"payment refused ({self.code}): {self.message}"
+
+    def __reduce__(self):  # type: ignore[override]
+        return (type(self), (str(self.code), self.message))
+
+
+class RequestFailed(ClientError):
+    """A non-2xx answer other than 402 (bad image, overload, server error): never charged."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"HTTP {status} {code or ''}: {message}".replace("  ", " "))
+
+
+class ReceiptInvalid(ChannelHalted, ClientError):
+    """A paid answer failed verification (receipt signature, charge, digests, model version).
+
+    The channel is halted (no more vouchers on it); recover what is left with `withdraw`.
+    """
+
+
+class ChainError(ClientError):
+    """An on-chain call of the payer's (initiateWithdraw, finalizeWithdraw) failed: `reason`
+    is the contract's error name where it reverted (e.g. ``WithdrawDelayNotElapsed``)."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{action} failed: {reason}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class PaidResponse:
+    """An HTTP answer with what it cost: `payment` None when nothing was paid."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    payment: Payment | None = None
+    settlement: SettleResponse | None = None
+    required: PaymentRequired | None = None  # the 402's terms, when the answer is a 402
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One of the top-k ImageNet classes: ``Prediction("tiger cat", 282, 0.39, "cat")``."""
+
+    label: str
+    index: int
+    probability: float
+    group: str  # dog, cat, other mammal, bird, ..., or "not an animal"
+
+    @property
+    def score(self) -> float:
+        return self.probability
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "index": self.index, "probability": self.probability,
+                "group": self.group}
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """A paid, verified classification of one image (amounts in token base units)."""
+
+    predictions: tuple[Prediction, ...]
+    model_id: str
+    model_version: str  # 0x + the 32-byte content hash of the weights that answered
+    charged: int  # this image's charge
+    cumulative_charged: int  # the channel's total charge so far
+    balance: int  # the channel's balance as the gateway reports it
+    channel_id: str  # 0x-hex
+    receipt: SignedReceipt  # verified: signer, charge, request/answer digests, model version
+    deposit_tx: str | None = None  # the deposit transaction when this request opened/topped up
+    deposited: int | None = None
+    image: str | None = None  # the file name, when classified from a path
+    receipt_verified: bool = field(default=True)  # always True: an unverified one raises
+
+    @property
+    def top(self) -> Prediction:
+        """The most probable class."""
+        return self.predictions[0]
+
+    @property
+    def remaining(self) -> int:
+        """What the channel's balance still covers (balance minus everything charged)."""
+        return max(self.balance - self.cumulative_charged, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "predictions": [p.to_json() for p in self.predictions],
+            "model": {"id": self.model_id, "version": self.model_version},
+            "charged": str(self.charged),
+            "cumulativeCharged": str(self.cumulative_charged),
+            "balance": str(self.balance),
+            "channelId": self.channel_id,
+            "depositTransaction": self.deposit_tx,
+            "deposited": None if self.deposited is None else str(self.deposited),
+            "receipt": self.receipt.to_json(),
+            "receiptVerified": self.receipt_verified,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawStatus:
+    """A timed withdrawal: started (`ready_at` is when it may be finalized) or finalized."""
+
+    channel_id: str
+    tx_hash: str
+    amount: int  # requested (initiate) or transferred to the payer (finalize)
+    ready_at: int | None  # unix time the delay ends (chain clock); None once finalized
+    finalized: bool
+    balance: int  # the channel's on-chain balance after the transaction
+
+    def to_json(self) -> dict[str, Any]:
+        return {"channelId": self.channel_id, "transaction": self.tx_hash,
+                "amount": str(self.amount), "readyAt": self.ready_at,
+                "finalized": self.finalized, "balance": str(self.balance)}
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class PaymentClient:
+    """Pays for HTTP requests over x402 batch-settlement with a `Payer` (aiohttp).
+
+        >>> async with PaymentClient(payer, base_url="http://127.0.0.1:8402") as client:
+        ...     result = await client.classify("cat.jpg")           # typed, verified
+        ...     answer = await client.post(url, data=jpeg, headers={"Content-Type": "image/jpeg"})
+        ...     answer.status, answer.json(), answer.settlement.extra.charged_amount
+
+    Args:
+        payer: signs and remembers the channel (its deposit policy sizes deposits).
+        session: an aiohttp ClientSession to share (default: one of its own).
+        base_url: the gateway, for `classify`, `models`, `channel_status`, `refund`.
+        rpc_url: a JSON-RPC node of the channel's chain, for `withdraw` / `finalize_withdraw`.
+        timeout_s: per HTTP request.
+
+    The first request to a URL learns the terms from a 402; later ones pay at once. A
+    corrective 402 is adopted (after `Payer.recover` checks the payer's own signature) and
+    the request is retried once. Requests may run concurrently on one channel.
+    """
+
+    def __init__(
+        self,
+        payer: Payer,
+        session: Any = None,
+        *,
+        base_url: str | None = None,
+        rpc_url: str | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.payer = payer
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.rpc_url = rpc_url
+        self._session = session
+        self._own_session = session is None
+        self._timeout_s = timeout_s
+        self._offers: dict[str, PaymentRequirements] = {}
+        self._offer_locks: dict[str, asyncio.Lock] = {}
+        self._deposit_locks: dict[bytes, asyncio.Lock] = {}
+        self._own_payer = False
+
+    @classmethod
+    def from_key(
+        cls,
+        key: str,
+        state: str | Path = DEFAULT_STATE,
+        *,
+        base_url: str | None = None,
+        rpc_url: str | None = None,
+        deposit: int | None = None,
+        deposit_requests: int | None = None,
+        salt: bytes = bytes(32),
+        timeout_s: float = 120.0,
+    ) -> PaymentClient:
+        """A client with its own `Payer` for `key` (hex), its channels kept in `state`.
+
+        `deposit` sizes each deposit in token base units; else `deposit_requests` x the price
+        (default 10). `state` defaults to ~/.paychan/payer.sqlite (its folder is created).
+        The payer requires our signed receipt on every answer. `close()` closes the file.
+        """
+        path = _state_path(state)
+        kwargs: dict[str, Any] = {}
+        if deposit_requests is not None:
+            kwargs["deposit_requests"] = deposit_requests
+        try:
+            signer = Signer(key)
+            payer = Payer(signer, path, salt=salt, deposit_amount=deposit, require_receipt=True,
+                          **kwargs)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        client = cls(payer, base_url=base_url, rpc_url=rpc_url, timeout_s=timeout_s)
+        client._own_payer = True
+        return client
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client opened it (and the payer, if `from_key`)."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._own_payer:
+            self.payer.close()
+            self._own_payer = False
+
+    # --- classification ---------------------------------------------------------------
+
+    async def classify(
+        self,
+        image: str | os.PathLike[str] | bytes,
+        *,
+        top_k: int = 5,
+        model: str | None = None,
+        url: str | None = None,
+    ) -> Classification:
+        """Pay for and classify one image (a path or the encoded bytes); see the module docstring.
+
+            >>> result = await client.classify("cat.jpg", top_k=3)
+            >>> [(p.label, round(p.score, 2)) for p in result.predictions]
+
+        `url` is the classify endpoint (default: base_url + "/v1/classify"). Raises InputError
+        before paying for a missing/unreadable/non-image file or top_k outside 1..1000,
+        PaymentRefused, RequestFailed (e.g. 400 top_k above the gateway's cap, 422 a broken
+        image; uncharged), ReceiptInvalid, GatewayUnreachable.
+        """
+        body, content_type, name = load_image(image)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise InputError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
+        endpoint = url or self._endpoint("/v1/classify")
+        query = f"top_k={top_k}" + (f"&model={_quote(model)}" if model else "")
+        target = endpoint + ("&" if "?" in endpoint else "?") + query
+        answer = await self._paid_request(
+            "POST", target, body, {"Content-Type": content_type},
+            offer_key=endpoint, busy_retries=_BUSY_RETRIES, require_receipt=True,
+        )
+        _raise_for_answer(answer)
+        return _classification(answer, name)
+
+    # --- free gateway reads -----------------------------------------------------------
+
+    async def models(self, url: str | None = None) -> list[dict[str, Any]]:
+        """The gateway's model versions (GET /v1/models): id, architecture, version, default."""
+        answer = await self._get_json(url or self._endpoint("/v1/models"))
+        return list(answer.get("models", []))
+
+    async def pricing(self, url: str | None = None) -> dict[str, Any]:
+        """The gateway's price per image and payment terms (GET /v1/pricing)."""
+        return await self._get_json(url or self._endpoint("/v1/pricing"))
+
+    async def channel_status(self, channel_id: bytes | str | None = None) -> dict[str, Any] | None:
+        """The gateway's view of a channel (GET /v1/channels/{id}); None when it does not know it.
+
+        `channel_id` defaults to this payer's channel with the gateway (see `channel`).
+        """
+        cid = (await self.channel(channel_id)).channel_id
+        try:
+            return await self._get_json(self._endpoint(f"/v1/channels/0x{cid.hex()}"))
+        except RequestFailed as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def channel(self, channel_id: bytes | str | None = None) -> ChannelRecord:
+        """The payer's record of a channel: the one named, else this payer's channel with the
+        gateway at base_url (its terms are fetched if not known yet), else the only one stored."""
+        if channel_id is not None:
+            cid = parse_channel_id(channel_id)
+            rec = self.payer.channel(cid)
+            if rec is None:
+                raise InputError(
+                    f"channel 0x{cid.hex()} is not in the payer file {self.payer.path}"
+                )
+            return rec
+        if self.base_url is not None:
+            offer = await self._offer_for(self._endpoint("/v1/classify"))
+            rec = self.payer.channel(self.payer.channel_id(offer))
+            if rec is None:
+                raise InputError(f"no channel with {self.base_url} yet: classify an image first")
+            return rec
+        records = self.payer.channels()
+        if len(records) != 1:
+            raise InputError(
+                f"the payer file holds {len(records)} channels: "
+                "name one (channel_id) or give base_url"
+            )
+        return records[0]
+
+    # --- leaving the channel ----------------------------------------------------------
+
+    async def refund(
+        self, url: str | None = None, amount: int | None = None, *, method: str = "POST"
+    ) -> SettleResponse:
+        """Ask the server for a cooperative refund of the unspent balance (None: all of it).
+
+            >>> settlement = await client.refund()             # everything not charged
+            >>> settlement.amount, settlement.transaction      # refunded, refund tx hash
+
+        The payload is the spec's refund (a zero-charge voucher at the charged total).
+        Without `url` it goes to the gateway's facilitator (POST base_url +
+        "/facilitator/settle"), which claims every charge and refunds the rest in one
+        transaction. With `url` it goes to that paid resource as a PAYMENT-SIGNATURE header,
+        as the spec describes for any x402 server. Raises PaymentRefused with the server's
+        code (e.g. ``..._refund_no_balance``, ``..._channel_busy``).
+        """
+        if amount is not None and (isinstance(amount, bool) or amount <= 0):
+            raise InputError(
+                f"refund amount must be a positive number of base units, got {amount!r}"
+            )
+        if url is None:
+            offer = await self._offer_for(self._endpoint("/v1/classify"))
+            payment = self._refund_payment(offer, amount)
+            body = json.dumps({"x402Version": 2, "paymentPayload": payment.payload.to_json(),
+                               "paymentRequirements": offer.to_json()}).encode()
+            target = self._endpoint("/facilitator/settle")
+            status, got, answer = await self._send(
+                "POST", target, body, {"Content-Type": "application/json"}
+            )
+            if status != 200:
+                raise RequestFailed(status, _error_code(answer), f"refund: {_error_text(answer)}")
+            try:
+                settlement = SettleResponse.from_json(json.loads(answer))
+            except (ValueError, PaymentError) as exc:
+                raise RequestFailed(status, None, f"{target} answered no SettleResponse: {exc}")
+        else:
+            offer = await self._offer_for(url, method=method)
+            payment = self._refund_payment(offer, amount)
+            status, got, answer = await self._send(
+                method, url, None, {"PAYMENT-SIGNATURE": payment.header}
+            )
+            raw = got.get("PAYMENT-RESPONSE")
+            if raw is None:
+                if status == 402:
+                    required = _payment_required(got, answer)
+                    raise PaymentRefused(
+                        required.error, f"refund refused: {_error_text(answer)}", required
+                    )
+                raise RequestFailed(status, _error_code(answer), f"refund: {_error_text(answer)}")
+            settlement = parse_payment_response(raw)
+        self.payer.settle(payment, settlement)
+        if not settlement.success:
+            raise PaymentRefused(
+                settlement.error_reason or str(ErrorCode.REFUND_TRANSACTION_FAILED),
+                f"refund failed: {settlement.error_message}",
+            )
+        return settlement
+
+    def _refund_payment(self, offer: PaymentRequirements, amount: int | None) -> Payment:
+        try:
+            return self.payer.refund(offer, amount)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    async def withdraw(
+        self,
+        amount: int | None = None,
+        *,
+        channel_id: bytes | str | None = None,
+        rpc_url: str | None = None,
+    ) -> WithdrawStatus:
+        """Start the timed withdrawal on-chain (`initiateWithdraw`, the payer key pays gas).
+
+        `amount` None withdraws what this payer has not been charged for: the on-chain balance
+        minus the larger of totalClaimed and the charges it proved. The gateway claims its
+        charges during the delay (withdrawDelay, 15 min or more); then `finalize_withdraw`.
+        """
+        if amount is not None and (isinstance(amount, bool) or amount <= 0):
+            raise InputError(
+                f"withdraw amount must be a positive number of base units, got {amount!r}"
+            )
+        rec = await self.channel(channel_id)
+        async with _PayerChain(self.payer, rpc_url or self.rpc_url) as chain:
+            onchain = await chain.read(rec.channel_id)
+            if onchain.withdraw_requested_at:
+                raise InputError(
+                    f"channel 0x{rec.channel_id.hex()} already has a withdrawal pending since "
+                    f"{onchain.withdraw_requested_at}: finalize it"
+                )
+            free = onchain.balance - max(onchain.total_claimed, rec.charged)
+            if amount is None:
+                amount = free
+            if amount <= 0:
+                charged = max(onchain.total_claimed, rec.charged)
+                raise InputError(f"nothing to withdraw from 0x{rec.channel_id.hex()}: balance "
+                                 f"{onchain.balance}, charged {charged}")
+            tx = await chain.send("initiateWithdraw", rec, amount)
+            after = await chain.read(rec.channel_id)
+        return WithdrawStatus("0x" + rec.channel_id.hex(), tx, amount,
+                              after.withdraw_requested_at + rec.config.withdraw_delay, False,
+                              after.balance)
+
+    async def finalize_withdraw(
+        self, *, channel_id: bytes | str | None = None, rpc_url: str | None = None
+    ) -> WithdrawStatus:
+        """Complete a timed withdrawal once its delay has passed (`finalizeWithdraw`): the
+        tokens go back to the payer. Raises ChainError(reason="WithdrawDelayNotElapsed") early."""
+        rec = await self.channel(channel_id)
+        async with _PayerChain(self.payer, rpc_url or self.rpc_url) as chain:
+            before = await chain.read(rec.channel_id)
+            if not before.withdraw_requested_at:
+                raise InputError(f"channel 0x{rec.channel_id.hex()} has no withdrawal pending: "
+                                 "start one with withdraw()")
+            tx = await chain.send("finalizeWithdraw", rec)
+            after = await chain.read(rec.channel_id)
+        self.payer.observe_chain(rec.channel_id, balance=after.balance,
+                                 total_claimed=after.total_claimed)
+        return WithdrawStatus("0x" + rec.channel_id.hex(), tx, before.balance - after.balance,
+                              None, True, after.balance)
+
+    async def onchain(
+        self, channel_id: bytes | str | None = None, *, rpc_url: str | None = None
+    ) -> Any:
+        """The channel as the chain has it (`channels.chain.OnChainChannel`)."""
+        rec = await self.channel(channel_id)
+        async with _PayerChain(self.payer, rpc_url or self.rpc_url) as chain:
+            return await chain.read(rec.channel_id)
+
+    # --- generic x402 requests ----------------------------------------------------------
+
+    async def post(self, url: str, **kwargs: Any) -> PaidResponse:
+        return await self.request("POST", url, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> PaidResponse:
+        return await self.request("GET", url, **kwargs)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PaidResponse:
+        """Send a request, paying when the server asks for it (see the class docstring).
+
+        Returns every answer as it came (402 and errors included); only a paid answer that
+        fails verification raises (ChannelHalted).
+        """
+        return await self._paid_request(method, url, data, dict(headers or {}), offer_key=url)
+
+    # --- internals ----------------------------------------------------------------------
+
+    async def _paid_request(
+        self,
+        method: str,
+        url: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        *,
+        offer_key: str,
+        busy_retries: int = 0,
+        require_receipt: bool | None = None,
+    ) -> PaidResponse:
+        offer = self._offers.get(offer_key)
+        if offer is None:
+            async with self._offer_lock(offer_key):  # concurrent first requests probe once
+                offer = self._offers.get(offer_key)
+                if offer is None:
+                    status, got, body = await self._send(method, url, data, headers)
+                    if status != 402:
+                        return PaidResponse(status, got, body)
+                    required = _payment_required(got, body)
+                    if not required.accepts:
+                        return PaidResponse(status, got, body, required=required)
+                    offer = self._offers[offer_key] = required.accepts[0]
+        request_digest = hashlib.sha256(data).digest() if data is not None else None
+        corrected = False
+        busy = 0
+        while True:
+            payment, holding = await self._pay(offer)
+            try:
+                try:
+                    status, got, body = await self._send(
+                        method, url, data, {**headers, "PAYMENT-SIGNATURE": payment.header}
+                    )
+                except BaseException:  # no answer: the server may have charged it
+                    self.payer.release(payment, maybe_charged=True)
+                    raise
+                if 200 <= status < 300:
+                    return self._settle(payment, status, got, body, request_digest, require_receipt)
+                if status != 402:
+                    self.payer.release(payment)  # errors are never charged
+                    if status in (429, 503) and busy < busy_retries:
+                        busy += 1
+                        await asyncio.sleep(_retry_after(got, busy))
+                        continue
+                    return PaidResponse(status, got, body, payment)
+                required = _payment_required(got, body)
+                if (
+                    not corrected
+                    and required.error in _MISMATCH
+                    and self.payer.recover(payment, required)
+                ):
+                    corrected = True  # adopted the server's proven state: sign again, once
+                    continue
+                self.payer.release(payment)
+                fresh = next((a for a in required.accepts if not a.extra.channel_state), None)
+                if fresh is not None:
+                    self._offers[offer_key] = offer = fresh  # the terms may have changed
+                if required.error == ErrorCode.CHANNEL_BUSY and busy < busy_retries:
+                    busy += 1  # other requests of ours hold the channel: a fresh voucher fits
+                    await asyncio.sleep(_backoff(busy))
+                    continue
+                return PaidResponse(status, got, body, payment, required=required)
+            finally:
+                if holding is not None:
+                    holding.release()
+
+    async def _pay(self, offer: PaymentRequirements) -> tuple[Payment, asyncio.Lock | None]:
+        """Sign the next payment; a deposit keeps the channel's deposit lock until answered.
+
+        While a deposit (opening or top-up) is in flight, later payments wait for it: a
+        voucher signed against a balance the chain does not have yet would be refused.
+        """
+        lock = self._deposit_locks.setdefault(self.payer.channel_id(offer), asyncio.Lock())
+        await lock.acquire()
+        try:
+            payment = self.payer.pay(offer)
+        except BaseException:
+            lock.release()
+            raise
+        if payment.deposit_amount is None:
+            lock.release()
+            return payment, None
+        return payment, lock
+
+    def _settle(
+        self,
+        payment: Payment,
+        status: int,
+        got: Mapping[str, str],
+        body: bytes,
+        request_digest: bytes | None,
+        require_receipt: bool | None,
+    ) -> PaidResponse:
+        raw = got.get("PAYMENT-RESPONSE")
+        if raw is None:  # served but not said what it cost: count it as maybe charged
+            self.payer.release(payment, maybe_charged=True)
+            if require_receipt:
+                raise ReceiptInvalid(payment.channel_id, "a paid answer without PAYMENT-RESPONSE")
+            return PaidResponse(status, got, body, payment)
+        try:
+            settlement = parse_payment_response(raw)
+        except PaymentError:
+            self.payer.release(payment, maybe_charged=True)
+            raise
+        result_digest = hashlib.sha256(body).digest() if require_receipt else None
+        try:
+            self.payer.settle(payment, settlement, request_digest=request_digest,
+                              result_digest=result_digest, require_receipt=require_receipt)
+        except ChannelHalted as exc:
+            if require_receipt:
+                raise ReceiptInvalid(exc.channel_id, exc.reason) from exc
+            raise
+        return PaidResponse(status, got, body, payment, settlement)
+
+    async def _offer_for(self, url: str, *, method: str = "POST") -> PaymentRequirements:
+        """The terms of a paid URL: known from an earlier 402, or probed with an empty request."""
+        offer = self._offers.get(url)
+        if offer is not None:
+            return offer
+        async with self._offer_lock(url):
+            offer = self._offers.get(url)
+            if offer is None:
+                status, got, body = await self._send(method, url, None, {})
+                if status != 402:
+                    # the gateway checks the image before the payment: ask for its terms instead
+                    offer = await self._pricing_offer(url) if status in (400, 415) else None
+                    if offer is None:
+                        raise RequestFailed(status, _error_code(body),
+                                            f"expected a 402 with payment terms from {url}")
+                else:
+                    required = _payment_required(got, body)
+                    if not required.accepts:
+                        raise PaymentRefused(
+                            required.error, f"{url} offers no batch-settlement terms"
+                        )
+                    offer = required.accepts[0]
+                self._offers[url] = offer
+        return offer
+
+    async def _pricing_offer(self, url: str) -> PaymentRequirements | None:
+        """The one-image offer from GET /v1/pricing on the same server (paychan gateways)."""
+        base = url.split("/v1/", 1)[0] if "/v1/" in url else self.base_url
+        if base is None:
+            return None
+        status, _, body = await self._send("GET", base + "/v1/pricing", None, {})
+        if status != 200:
+            return None
+        accepts = json.loads(body).get("accepts") or []
+        if not accepts:
+            return None
+        return PaymentRequired.from_json({"x402Version": 2, "accepts": accepts}).accepts[0]
+
+    def _offer_lock(self, key: str) -> asyncio.Lock:
+        return self._offer_locks.setdefault(key, asyncio.Lock())
+
+    def _endpoint(self, path: str) -> str:
+        if self.base_url is None:
+            raise InputError("no gateway: pass base_url= to PaymentClient (or a url=)")
+        return self.base_url + path
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        status, _, body = await self._send("GET", url, None, {})
+        if status != 200:
+            raise RequestFailed(status, _error_code(body), _error_text(body))
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise RequestFailed(status, None, f"{url} did not answer JSON") from None
+
+    async def _send(
+        self, method: str, url: str, data: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        import aiohttp  # the payer core needs no HTTP; importing aiohttp costs ~0.3 s
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            )
+        try:
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise GatewayUnreachable(url, exc) from exc
+        except aiohttp.InvalidURL as exc:
+            raise InputError(f"not a URL: {url!r}") from exc
+
+
+class SyncPaymentClient:
+    """`PaymentClient` for scripts without asyncio: the same calls, blocking.
+
+        >>> with SyncPaymentClient.from_key(key, base_url="http://127.0.0.1:8402") as client:
+        ...     print(client.classify("cat.jpg").top.label)
+        ...     client.refund()
+
+    It runs its own event loop; do not use it inside a running one (use PaymentClient there).
+    """
+
+    def __init__(self, client: PaymentClient) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.client = client
+
+    @classmethod
+    def from_key(
+        cls, key: str, state: str | Path = DEFAULT_STATE, **kwargs: Any
+    ) -> SyncPaymentClient:
+        """See `PaymentClient.from_key` (same arguments)."""
+        return cls(PaymentClient.from_key(key, state, **kwargs))
+
+    @property
+    def payer(self) -> Payer:
+        return self.client.payer
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._loop.run_until_complete(coro)
+        coro.close()
+        raise RuntimeError("SyncPaymentClient cannot run inside an event loop: use PaymentClient")
+
+    def classify(self, image: str | os.PathLike[str] | bytes, **kwargs: Any) -> Classification:
+        return self._run(self.client.classify(image, **kwargs))
+
+    def classify_many(
+        self, images: list[str | os.PathLike[str] | bytes], *, concurrency: int = 4, **kwargs: Any
+    ) -> list[Classification | ClientError]:
+        """Classify several images, `concurrency` at a time on one channel; each entry is the
+        result or the ClientError that image met (InputError is raised at once, before paying)."""
+        for image in images:
+            load_image(image)  # every input checked before the first payment
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(image: Any) -> Classification | ClientError:
+            async with gate:
+                try:
+                    return await self.client.classify(image, **kwargs)
+                except (PaymentRefused, RequestFailed) as exc:
+                    return exc
+
+        async def run() -> list[Classification | ClientError]:
+            return list(await asyncio.gather(*(one(i) for i in images)))
+
+        return self._run(run())
+
+    def models(self, url: str | None = None) -> list[dict[str, Any]]:
+        return self._run(self.client.models(url))
+
+    def pricing(self, url: str | None = None) -> dict[str, Any]:
+        return self._run(self.client.pricing(url))
+
+    def channel(self, channel_id: bytes | str | None = None) -> ChannelRecord:
+        return self._run(self.client.channel(channel_id))
+
+    def channel_status(self, channel_id: bytes | str | None = None) -> dict[str, Any] | None:
+        return self._run(self.client.channel_status(channel_id))
+
+    def refund(self, amount: int | None = None, *, url: str | None = None) -> SettleResponse:
+        return self._run(self.client.refund(url, amount))
+
+    def withdraw(self, amount: int | None = None, **kwargs: Any) -> WithdrawStatus:
+        return self._run(self.client.withdraw(amount, **kwargs))
+
+    def finalize_withdraw(self, **kwargs: Any) -> WithdrawStatus:
+        return self._run(self.client.finalize_withdraw(**kwargs))
+
+    def request(self, method: str, url: str, **kwargs: Any) -> PaidResponse:
+        return self._run(self.client.request(method, url, **kwargs))
+
+    def post(self, url: str, **kwargs: Any) -> PaidResponse:
+        return self._run(self.client.post(url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> PaidResponse:
+        return self._run(self.client.get(url, **kwargs))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.run_until_complete(self.client.close())
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def read_onchain(
+    rpc_url: str, channel_id: bytes | str, *, settlement: bytes | str | None = None
+) -> Any:
+    """A channel as the chain has it (`channels.chain.OnChainChannel`), no key needed.
+
+        >>> state = await read_onchain("http://127.0.0.1:8545", "0x3f...")
+        >>> state.balance, state.total_claimed, state.withdraw_requested_at
+    """
+    from .eip712 import to_address
+
+    cid = parse_channel_id(channel_id)
+    where = to_address(settlement) if settlement is not None else None
+    async with _PayerChain(None, rpc_url, settlement=where) as chain:
+        return await chain.read(cid)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_image(image: str | os.PathLike[str] | bytes) -> tuple[bytes, str, str | None]:
+    """(bytes, content type, file name or None) of an image path or its bytes; InputError if
+    it is missing, unreadable, empty or not a JPEG, PNG, WebP, GIF or BMP (by its first bytes).
+
+        >>> body, content_type, name = load_image("cat.jpg")
+    """
+    name: str | None = None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        what = "the image bytes"
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        name = str(image)
+        what = name
+        if path.is_dir():
+            raise InputError(f"{name}: is a folder, not an image file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read ({exc.strerror})") from None
+    else:
+        raise InputError(f"image must be a path or bytes, got {type(image).__name__}")
+    if not data:
+        raise InputError(f"{what}: is empty")
+    content_type = sniff_image(data)
+    if content_type is None:
+        raise InputError(f"{what}: not a JPEG, PNG, WebP, GIF or BMP image")
+    return data, content_type, name
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image content type from the first bytes, or None."""
+    for magic, offset, content_type in _IMAGE_MAGIC:
+        if data[offset:offset + len(magic)] == magic:
+            if content_type == "image/webp" and data[:4] != b"RIFF":
+                continue
+            return content_type
+    return None
+
+
+def parse_channel_id(value: bytes | str) -> bytes:
+    """A 32-byte channel id from bytes or 0x-hex; InputError otherwise."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) == 32:
+            return bytes(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().removeprefix("0x")
+        if len(text) == 64:
+            try:
+                return bytes.fromhex(text)
+            except ValueError:
+                pass
+    raise InputError(f"channel id must be 0x followed by 64 hex digits, got {value!r}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _state_path(state: str | Path) -> str:
+    if str(state) == ":memory:":
+        return ":memory:"
+    path = Path(state).expanduser()
+    if path.is_dir():
+        raise InputError(f"state: {path} is a folder; give a file such as {path / 'payer.sqlite'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _backoff(attempt: int) -> float:
+    """A short jittered wait before retrying channel_busy (our own requests hold the channel)."""
+    return random.uniform(0.01, 0.05) * min(2 ** (attempt - 1), 16)
+
+
+def _retry_after(headers: Mapping[str, str], attempt: int) -> float:
+    try:
+        wait = float(headers.get("Retry-After", ""))
+    except ValueError:
+        wait = _backoff(attempt)
+    return min(max(wait, 0.0), _RETRY_AFTER_CAP_S)
+
+
+def _code_of(code: str | None) -> ErrorCode | str:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code or "payment_refused"
+
+
+def _payment_required(headers: Mapping[str, str], body: bytes) -> PaymentRequired:
+    raw = headers.get("PAYMENT-REQUIRED")
+    if raw is not None:
+        return parse_payment_required(raw)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise PaymentError(
+            ErrorCode.INVALID_PAYLOAD, "PAYMENT-REQUIRED", "a 402 without x402 terms"
+        ) from None
+    return PaymentRequired.from_json(data)
+
+
+def _error_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_code(body: bytes) -> str | None:
+    data = _error_json(body)
+    err = data.get("error")
+    if isinstance(err, dict):
+        return err.get("code")
+    return err if isinstance(err, str) else data.get("code")
+
+
+def _error_text(body: bytes) -> str:
+    data = _error_json(body)
+    err = data.get("error")
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if data.get("message"):
+        return str(data["message"])
+    if isinstance(err, str):
+        return err
+    return body[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _raise_for_answer(answer: PaidResponse) -> None:
+    if answer.status == 402:
+        required = answer.required
+        code = required.error if required else None
+        raise PaymentRefused(code, _error_text(answer.body), required)
+    if not 200 <= answer.status < 300:
+        raise RequestFailed(answer.status, _error_code(answer.body), _error_text(answer.body))
+
+
+def _classification(answer: PaidResponse, name: str | None) -> Classification:
+    settlement, payment = answer.settlement, answer.payment
+    assert settlement is not None and settlement.extra is not None and payment is not None
+    receipt = settlement.extra.receipt
+    assert receipt is not None  # require_receipt=True made settle check it
+    cid = payment.channel_id
+    try:
+        data = answer.json()
+        model = data["model"]
+        preds = tuple(
+            Prediction(str(p["label"]), int(p["index"]), float(p["probability"]), str(p["group"]))
+            for p in data["results"][0]["predictions"]
+        )
+        version = str(model["version"])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ReceiptInvalid(cid, f"the paid answer is not a classification ({exc!r})") from None
+    if bytes.fromhex(version.removeprefix("0x")) != receipt.receipt.model_version:
+        raise ReceiptInvalid(cid, f"the answer names model {version} but the receipt signs "
+                                  f"0x{receipt.receipt.model_version.hex()}")
+    cs = settlement.extra.channel_state
+    assert cs is not None and settlement.extra.charged_amount is not None
+    return Classification(
+        predictions=preds,
+        model_id=str(model.get("id", "")),
+        model_version=version if version.startswith("0x") else "0x" + version,
+        charged=settlement.extra.charged_amount,
+        cumulative_charged=cs.charged_cumulative_amount or 0,
+        balance=cs.balance,
+        channel_id="0x" + cid.hex(),
+        receipt=receipt,
+        deposit_tx=settlement.transaction or None,
+        deposited=payment.deposit_amount if settlement.transaction else None,
+        image=name,
+    )
+
+
+class _PayerChain:
+    """The payer's own on-chain calls (withdrawals) through `channels.chain.ChainClient`.
+
+    The payer key signs and pays gas; its transactions are journaled next to the payer file
+    (``<state>.tx``), so a crash between sending and the receipt never sends twice. Without a
+    payer it only reads (a throwaway key identifies the reader; it signs nothing).
+    """
+
+    def __init__(self, payer: Payer | None, rpc_url: str | None, *,
+                 settlement: bytes | None = None) -> None:
+        if not rpc_url:
+            raise InputError("no chain: pass rpc_url= (a JSON-RPC URL of the channel's chain)")
+        self.payer = payer
+        self.rpc_url = rpc_url
+        self.settlement = settlement if payer is None else payer.settlement
+        self._w3: Any = None
+        self._kv: Any = None
+
+    async def __aenter__(self) -> _PayerChain:
+        from web3 import AsyncHTTPProvider, AsyncWeb3  # ~1 s: only withdrawals need it
+
+        from .chain import ChainClient
+        from .eip712 import CANONICAL_SETTLEMENT_ADDRESS
+        from .txjournal import SqliteKeyValue, TxJournal
+
+        self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
+        try:
+            chain_id = int(await self._w3.eth.chain_id)
+        except Exception as exc:  # any transport failure: name the URL
+            await self._disconnect()
+            raise GatewayUnreachable(self.rpc_url, exc) from exc
+        if self.payer is None:
+            path, key = ":memory:", "0x" + os.urandom(32).hex()
+        else:
+            path = self.payer.path
+            key = self.payer.signer.private_key_hex()  # the payer's own key pays its gas
+        self._kv = SqliteKeyValue(":memory:" if path == ":memory:" else path + ".tx")
+        settlement = CANONICAL_SETTLEMENT_ADDRESS
+        if self.settlement:
+            settlement = "0x" + self.settlement.hex()
+        self.chain = ChainClient(self._w3, key, journal=TxJournal(self._kv), settlement=settlement)
+        self.chain_id = chain_id
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._kv is not None:
+            self._kv.close()
+        provider = getattr(self._w3, "provider", None)
+        disconnect = getattr(provider, "disconnect", None)
+        if disconnect is not None:
+            await disconnect()
+
+    async def read(self, cid: bytes) -> Any:
+        from .chain import is_transport_error
+
+        try:
+            return await self.chain.read_channel(cid)
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise GatewayUnreachable(self.rpc_url, exc) from exc
+            raise ChainError("read channel", str(exc)[:300]) from exc
+
+    async def send(self, fn: str, rec: ChannelRecord, *args: Any) -> str:
+        from .chain import TxFailed, config_tuple, is_transport_error
+
+        if rec.chain_id != self.chain_id:
+            raise InputError(f"channel 0x{rec.channel_id.hex()} is on chain {rec.chain_id}, "
+                             f"but {self.rpc_url} is chain {self.chain_id}")
+        data = self.chain.encode(fn, config_tuple(rec.config), *args)
+        try:
+            meta = {"channel": "0x" + rec.channel_id.hex()}
+            result = await self.chain.transact(fn, data, meta=meta)
+        except TxFailed as exc:
+            raise ChainError(fn, getattr(exc, "reason", None) or str(exc)) from exc
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise GatewayUnreachable(self.rpc_url, exc) from exc
+            raise
+        return result.tx_hash

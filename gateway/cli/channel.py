@@ -1,0 +1,351 @@
+"""``paychan channel``: the payer's channels (list, show, refund, withdraw).
+
+    $ paychan channel list                                   # from ~/.paychan/payer.sqlite
+    $ paychan channel show --gateway http://127.0.0.1:8402 --rpc http://127.0.0.1:8545
+    $ paychan channel refund --gateway http://127.0.0.1:8402 --key-file payer.key
+    $ paychan channel withdraw initiate --rpc http://127.0.0.1:8545 --key-file payer.key
+    $ paychan channel withdraw finalize --rpc http://127.0.0.1:8545 --key-file payer.key
+
+``list`` and ``show`` read the payer state file (no key needed) and, with ``--gateway``, the
+gateway's view (GET /v1/channels/ID), with ``--rpc`` the chain's. ``refund`` asks the gateway
+for a cooperative refund of everything not charged (or ``--amount``). ``withdraw`` is the
+on-chain escape hatch: ``initiate`` starts the timed withdrawal, ``finalize`` completes it once
+the channel's withdrawDelay has passed; the payer key pays the gas. Amounts are token base
+units (6 decimals for USDC: 1000 = 0.001 USDC).
+
+This module also holds the helpers the other payer commands (classify, models) share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.cli._common import (
+    EXIT_FAILED,
+    EXIT_PAYMENT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    add_json_flag,
+    add_key_flag,
+    emit,
+    load_key,
+)
+
+__all__ = ["add_gateway_flag", "add_state_flag", "open_client", "register", "run_sdk"]
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def add_state_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", type=Path, default=None, metavar="FILE",
+                        help="the payer state file (default ~/.paychan/payer.sqlite)")
+
+
+def add_gateway_flag(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--gateway", "--url", dest="gateway", required=required, metavar="URL",
+                        help="the gateway's base URL, e.g. http://127.0.0.1:8402")
+
+
+def state_path(args: argparse.Namespace) -> Path:
+    from channels.client import DEFAULT_STATE
+
+    return (args.state or DEFAULT_STATE).expanduser()
+
+
+def open_client(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """A `channels.PaymentClient` for the key of ``--key-file`` / PAYCHAN_KEY and ``--state``."""
+    from channels.client import InputError, PaymentClient
+
+    key = load_key(args)
+    try:
+        return PaymentClient.from_key(key, state_path(args),
+                                      base_url=getattr(args, "gateway", None),
+                                      rpc_url=getattr(args, "rpc", None), **kwargs)
+    except InputError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def run_sdk(work: Callable[[], Awaitable[T]]) -> T:
+    """Run an SDK coroutine, turning its typed errors into one-line CliErrors with exit codes."""
+    from channels import ChannelHalted, PaymentError
+    from channels.client import (
+        ChainError,
+        GatewayUnreachable,
+        InputError,
+        PaymentRefused,
+        RequestFailed,
+    )
+
+    try:
+        return asyncio.run(work())
+    except InputError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except GatewayUnreachable as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    except (PaymentRefused, ChannelHalted, PaymentError) as exc:
+        raise CliError(str(exc), EXIT_PAYMENT) from None
+    except RequestFailed as exc:
+        code = EXIT_USAGE if 400 <= exc.status < 500 else EXIT_FAILED
+        raise CliError(str(exc), code) from None
+    except ChainError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+
+
+def _amount(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of token base units")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "channel",
+        help="the payer's channels: list, show, refund, withdraw",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    ls = sub.add_parser("list", help="channels in the payer state file", formatter_class=fmt,
+                        description="List the payer's channels (no key needed).\n\nexample:\n"
+                        "  paychan channel list --gateway http://127.0.0.1:8402 --json")
+    add_gateway_flag(ls, required=False)
+    add_state_flag(ls)
+    add_json_flag(ls)
+    ls.set_defaults(handler=_list)
+
+    show = sub.add_parser("show", help="one channel: payer, gateway and chain views",
+                          formatter_class=fmt,
+                          description="Show one channel (default: the only one, or the one with "
+                          "--gateway).\n\nexample:\n  paychan channel show 0x3f...e1 --gateway "
+                          "http://127.0.0.1:8402 --rpc http://127.0.0.1:8545")
+    show.add_argument("channel_id", nargs="?", metavar="CHANNEL_ID", help="0x + 64 hex digits")
+    add_gateway_flag(show, required=False)
+    show.add_argument("--rpc", metavar="URL", help="JSON-RPC URL: also show the on-chain state")
+    add_state_flag(show)
+    add_json_flag(show)
+    show.set_defaults(handler=_show)
+
+    refund = sub.add_parser("refund", help="cooperative refund of the unspent balance",
+                            formatter_class=fmt,
+                            description="Ask the gateway to refund what was not charged (it "
+                            "claims its charges in the same transaction).\n\nexample:\n"
+                            "  paychan channel refund --gateway http://127.0.0.1:8402 "
+                            "--key-file payer.key --amount 5000")
+    add_gateway_flag(refund, required=True)
+    refund.add_argument("--amount", type=_amount, help="base units (default: everything unspent)")
+    add_key_flag(refund)
+    add_state_flag(refund)
+    add_json_flag(refund)
+    refund.set_defaults(handler=_refund)
+
+    wd = sub.add_parser("withdraw", help="the timed on-chain withdrawal (initiate, finalize)",
+                        formatter_class=fmt,
+                        description="The escape hatch without the gateway: 'initiate' starts "
+                        "initiateWithdraw, 'finalize' completes it after the channel's "
+                        "withdrawDelay. The payer key pays gas.\n\nexample:\n"
+                        "  paychan channel withdraw initiate --rpc http://127.0.0.1:8545 "
+                        "--key-file payer.key\n  paychan channel withdraw finalize --rpc "
+                        "http://127.0.0.1:8545 --key-file payer.key")
+    wd.add_argument("step", choices=("initiate", "finalize"), help="which transaction to send")
+    wd.add_argument("channel_id", nargs="?", metavar="CHANNEL_ID",
+                    help="0x + 64 hex digits (default: the only channel)")
+    wd.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC URL of the chain")
+    add_gateway_flag(wd, required=False)
+    wd.add_argument("--amount", type=_amount,
+                    help="initiate: base units (default: the balance not charged)")
+    add_key_flag(wd)
+    add_state_flag(wd)
+    add_json_flag(wd)
+    wd.set_defaults(handler=_withdraw)
+
+
+def _records(args: argparse.Namespace) -> list[Any]:
+    from channels.payer import Payer
+
+    path = state_path(args)
+    try:
+        return Payer.read_channels(path)
+    except FileNotFoundError:
+        raise CliError(f"--state: no payer state at {path}: classify an image first "
+                       "(paychan classify) or pass --state FILE", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CliError(f"--state: {exc}", EXIT_USAGE) from None
+
+
+def _record_json(rec: Any) -> dict[str, Any]:
+    from channels.eip712 import checksum_address
+
+    return {
+        "channelId": "0x" + rec.channel_id.hex(),
+        "chainId": rec.chain_id,
+        "payer": checksum_address(rec.config.payer),
+        "receiver": checksum_address(rec.config.receiver),
+        "token": checksum_address(rec.config.token),
+        "withdrawDelay": rec.config.withdraw_delay,
+        "balance": str(rec.balance),
+        "charged": str(rec.charged),
+        "remaining": str(max(rec.balance - rec.charged, 0)),
+        "signedMax": str(rec.signed_max),
+        "halted": rec.halted,
+    }
+
+
+async def _gateway_view(gateway: str, channel_hex: str) -> dict[str, Any] | None:
+    import aiohttp
+
+    from channels.client import GatewayUnreachable
+
+    url = f"{gateway.rstrip('/')}/v1/channels/{channel_hex}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            async with s.get(url) as r:
+                return await r.json() if r.status == 200 else None
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        raise GatewayUnreachable(url, exc) from exc
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = [_record_json(r) for r in _records(args)]
+    if args.gateway:
+        async def views() -> list[Any]:
+            return [await _gateway_view(args.gateway, row["channelId"]) for row in rows]
+
+        for row, view in zip(rows, run_sdk(views)):
+            row["gateway"] = view
+    emit(args, {"state": str(state_path(args)), "channels": rows}, _human_list)
+    return 0
+
+
+def _human_list(data: dict[str, Any]) -> str:
+    if not data["channels"]:
+        return f"no channels in {data['state']}"
+    lines = [f"{'channel':<20} {'balance':>12} {'charged':>12} {'remaining':>12}  status"]
+    for row in data["channels"]:
+        cid = row["channelId"]
+        status = "halted: " + row["halted"] if row["halted"] else "open"
+        view = row.get("gateway")
+        if "gateway" in row:
+            status += (f", gateway charged {view['chargedCumulativeAmount']}" if view
+                       else ", unknown to the gateway")
+        lines.append(f"{cid[:10]}…{cid[-8:]} {row['balance']:>12} {row['charged']:>12} "
+                     f"{row['remaining']:>12}  {status}")
+    return "\n".join(lines)
+
+
+def _pick(args: argparse.Namespace) -> Any:
+    """The channel named on the command line, else the only one in the state file."""
+    from channels.client import InputError, parse_channel_id
+
+    records = _records(args)
+    if args.channel_id:
+        try:
+            cid = parse_channel_id(args.channel_id)
+        except InputError as exc:
+            raise CliError(f"CHANNEL_ID: {exc}", EXIT_USAGE) from None
+        for rec in records:
+            if rec.channel_id == cid:
+                return rec
+        raise CliError(f"CHANNEL_ID: {args.channel_id} is not in {state_path(args)}", EXIT_USAGE)
+    if len(records) != 1:
+        raise CliError(f"{len(records)} channels in {state_path(args)}: name one (CHANNEL_ID); "
+                       "see paychan channel list", EXIT_USAGE)
+    return records[0]
+
+
+def _show(args: argparse.Namespace) -> int:
+    rec = _pick(args)
+    data = _record_json(rec)
+
+    async def views() -> None:
+        if args.gateway:
+            data["gateway"] = await _gateway_view(args.gateway, data["channelId"])
+        if args.rpc:
+            from channels.client import read_onchain
+
+            onchain = await read_onchain(args.rpc, rec.channel_id, settlement=rec.settlement)
+            data["chain"] = {"balance": str(onchain.balance),
+                             "totalClaimed": str(onchain.total_claimed),
+                             "withdrawAmount": str(onchain.withdraw_amount),
+                             "withdrawRequestedAt": onchain.withdraw_requested_at,
+                             "refundNonce": str(onchain.refund_nonce)}
+
+    run_sdk(views)
+    emit(args, data, _human_show)
+    return 0
+
+
+def _human_show(data: dict[str, Any]) -> str:
+    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("gateway", "chain")]
+    if "gateway" in data:
+        view = data["gateway"]
+        lines.append("gateway: " + ("unknown channel" if view is None else
+                                    f"charged {view['chargedCumulativeAmount']}, balance "
+                                    f"{view['balance']}, claimed {view['totalClaimed']}"))
+    if "chain" in data:
+        c = data["chain"]
+        pending = (f", withdrawal of {c['withdrawAmount']} pending since {c['withdrawRequestedAt']}"
+                   if c["withdrawRequestedAt"] else "")
+        lines.append(f"chain: balance {c['balance']}, claimed {c['totalClaimed']}{pending}")
+    return "\n".join(lines)
+
+
+def _refund(args: argparse.Namespace) -> int:
+    async def work() -> dict[str, Any]:
+        async with open_client(args) as client:
+            settlement = await client.refund(amount=args.amount)
+            rec = await client.channel()
+        return {"channelId": "0x" + rec.channel_id.hex(), "refunded": str(settlement.amount or 0),
+                "transaction": settlement.transaction, "balance": str(rec.balance),
+                "charged": str(rec.charged)}
+
+    data = run_sdk(work)
+    emit(args, data, lambda d: (f"refunded {d['refunded']} from {d['channelId']} "
+                                f"(tx {d['transaction']}); balance now {d['balance']}, "
+                                f"charged {d['charged']}"))
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    if args.step == "finalize" and args.amount is not None:
+        raise CliError("--amount: only for 'withdraw initiate' (finalize takes what was asked)",
+                       EXIT_USAGE)
+    cid = _pick(args).channel_id if args.channel_id or not args.gateway else None
+
+    async def work() -> Any:
+        async with open_client(args) as client:
+            if args.step == "initiate":
+                return await client.withdraw(args.amount, channel_id=cid)
+            return await client.finalize_withdraw(channel_id=cid)
+
+    status = run_sdk(work)
+    emit(args, status.to_json(), _human_withdraw)
+    return 0
+
+
+def _human_withdraw(d: dict[str, Any]) -> str:
+    if d["finalized"]:
+        return (f"withdrew {d['amount']} from {d['channelId']} (tx {d['transaction']}); "
+                f"on-chain balance now {d['balance']}")
+    import datetime
+
+    ready = datetime.datetime.fromtimestamp(d["readyAt"], datetime.UTC)
+    ready_text = ready.isoformat(timespec="seconds")
+    return (f"withdrawal of {d['amount']} started on {d['channelId']} (tx {d['transaction']}); "
+            f"finalize after {ready_text} with: paychan channel withdraw finalize")

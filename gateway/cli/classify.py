@@ -1,0 +1,154 @@
+"""``paychan classify``: pay a gateway for predictions, one image at a time, over one channel.
+
+    $ export PAYCHAN_KEY=0x...                      # or --key-file payer.key
+    $ paychan classify cat.jpg --gateway http://127.0.0.1:8402
+    $ paychan classify photos/ --gateway http://127.0.0.1:8402 --top-k 3 --deposit 50000 --json
+
+IMAGE may be files or folders (their JPEG, PNG, WebP, GIF and BMP files). Every image is
+checked before the first payment, so a bad path costs nothing. The first image opens a
+channel with one deposit (``--deposit`` base units; default 10 x the price, at least the
+gateway's minimum); later images pay with vouchers, and the channel is topped up when its
+balance runs out. Each answer's signed receipt is verified. The payer's channels live in
+``--state`` (default ~/.paychan/payer.sqlite); see ``paychan channel``.
+
+Prints each image's best label, its probability and animal group, and what it cost (token
+base units: 1000 = 0.001 USDC), then the total and what the channel still holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag, add_key_flag, emit
+from gateway.cli.channel import add_gateway_flag, add_state_flag, open_client, run_sdk
+
+__all__ = ["register"]
+
+_PROGRESS_FROM = 4  # fewer images than this get no progress bar (it would only flicker)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "classify",
+        help="pay a gateway for predictions (the SDK's classify)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders")
+    add_gateway_flag(p, required=True)
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--deposit", type=int, metavar="UNITS",
+                   help="deposit size in token base units (default: 10 x the price)")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="images in flight at once on the channel (default 4)")
+    add_key_flag(p)
+    add_state_flag(p)
+    add_json_flag(p)
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from channels.client import MAX_TOP_K, InputError, load_image
+
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise CliError(f"--top-k {args.top_k}: must be between 1 and {MAX_TOP_K}", EXIT_USAGE)
+    if args.deposit is not None and args.deposit <= 0:
+        raise CliError(f"--deposit {args.deposit}: must be a positive number of base units",
+                       EXIT_USAGE)
+    if args.concurrency < 1:
+        raise CliError("--concurrency: must be at least 1", EXIT_USAGE)
+    paths = _expand(args.images)
+    for path in paths:  # every image checked before the first payment
+        try:
+            load_image(path)
+        except InputError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    client = open_client(args, deposit=args.deposit)
+    data = run_sdk(lambda: _classify_all(args, client, paths))
+    emit(args, data, _human)
+    if data["failed"] == len(paths):
+        return EXIT_USAGE  # every image refused (the gateway's 4xx): nothing was charged
+    return 0
+
+
+def _expand(items: list[Path]) -> list[Path]:
+    from channels.client import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CliError(f"{item}: no JPEG, PNG, WebP, GIF or BMP files in this folder",
+                               EXIT_USAGE)
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
+
+
+async def _classify_all(args: argparse.Namespace, client: Any, paths: list[Path]) -> dict[str, Any]:
+    from channels.client import RequestFailed
+
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(path: Path) -> dict[str, Any]:
+        async with gate:
+            try:
+                result = await client.classify(path, top_k=args.top_k)
+            except RequestFailed as exc:  # refused before payment (bad image, top_k): uncharged
+                if exc.status >= 500 or exc.status == 429:
+                    raise
+                return {"image": str(path), "error": str(exc), "status": exc.status,
+                        "charged": "0"}
+            return result.to_json()
+
+    async with client:
+        tasks = [asyncio.ensure_future(one(p)) for p in paths]
+        try:
+            if not args.json and len(tasks) >= _PROGRESS_FROM:
+                await _with_progress(tasks)
+            results = [await t for t in tasks]
+        finally:
+            for t in tasks:
+                t.cancel()
+        record = await client.channel() if any("channelId" in r for r in results) else None
+    total = sum(int(r["charged"]) for r in results)
+    out: dict[str, Any] = {"gateway": args.gateway, "images": results, "charged": str(total),
+                           "failed": sum("error" in r for r in results)}
+    if record is not None:
+        out["channel"] = {"channelId": "0x" + record.channel_id.hex(),
+                          "balance": str(record.balance), "charged": str(record.charged),
+                          "remaining": str(max(record.balance - record.charged, 0))}
+    return out
+
+
+async def _with_progress(tasks: list[asyncio.Future]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("paying & classifying", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        bar = progress.add_task("classify", total=len(tasks))
+        for done in asyncio.as_completed(tasks):
+            await done
+            progress.advance(bar)
+
+
+def _human(data: dict[str, Any]) -> str:
+    lines = []
+    for r in data["images"]:
+        if "error" in r:
+            lines.append(f"{r['image']}: refused, not charged: {r['error']}")
+            continue
+        top = r["predictions"][0]
+        paid = f"cost {r['charged']}" + (f" (+ deposit {r['deposited']})" if r["deposited"] else "")
+        lines.append(f"{r['image']}: {top['label']} ({top['probability']:.2f}, {top['group']})"
+                     f"  {paid}")
+    ch = data.get("channel")
+    tail = f"{len(data['images']) - data['failed']} image(s), charged {data['charged']}"
+    if ch:
+        tail += f"; channel {ch['channelId'][:10]}… holds {ch['remaining']} unspent"
+    return "\n".join(lines + [tail])
