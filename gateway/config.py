@@ -65,7 +65,7 @@ class GatewayConfig:
     receiver: str | None = None  # payTo; defaults to the key's address
     price: int = 1000  # per image
     withdraw_delay: int = 900
-    min_deposit: int | None = None  # advertised extra.minDeposit; default 10 x price
+    min_deposit: int | None = None  # advertised extra.minDeposit; default 100 x price
     max_timeout_seconds: int = 3600
     payment: bool = True  # False serves the paid routes free (benchmarks, local use)
     # --- state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from web3.exceptions import TransactionNotFound
 from chain_env import PROVIDER_KEY, ChainEnv, rpc
 
 from channels.chain import ChainClient, SimulationFailed, TxPolicy
@@ -68,13 +69,13 @@ async def test_journal_entry_is_durable_before_the_node_sees_it(env: ChainEnv) -
         if await env.chain.journal.pending():
             break
         await asyncio.sleep(0.02)
-    (entry,) = await env.chain.journal.pending()
     raw = None
     for _ in range(200):  # journaled first, broadcast a moment later: wait for the node to see it
+        (entry,) = await env.chain.journal.pending()
         try:
             raw = await env.w3.eth.get_raw_transaction(entry.attempts[0].tx_hash)
             break
-        except Exception:  # TransactionNotFound until the broadcast lands
+        except (IndexError, TransactionNotFound):  # no attempt yet, or not broadcast yet
             await asyncio.sleep(0.02)
     assert raw is not None, "the journaled transaction never reached the node"
     assert "0x" + bytes(raw).hex() == entry.attempts[0].raw  # the exact bytes are journaled
