@@ -25,8 +25,16 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def anvil_binary() -> str:
-    """The pinned anvil from node_modules (``npm ci`` installs it), else one on PATH."""
-    local = _REPO_ROOT / "node_modules" / ".bin" / "anvil"
+    """The pinned anvil from node_modules (``npm ci`` installs it), else one on PATH.
+
+    The platform package's binary is preferred to the ``.bin/anvil`` node wrapper: the
+    wrapper runs anvil as its child, so stopping or killing the wrapper would orphan anvil.
+    """
+    modules = _REPO_ROOT / "node_modules"
+    for binary in sorted(modules.glob("@foundry-rs/anvil-*/bin/anvil")):
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    local = modules / ".bin" / "anvil"
     if local.exists():
         return str(local)
     found = shutil.which("anvil")

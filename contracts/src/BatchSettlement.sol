@@ -124,21 +124,16 @@ contract BatchSettlement is Multicall, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- deposits
 
     /// @notice Deposits `amount` into the channel of `config`, pulled by `collector` with `collectorData`.
-    /// @dev The contract's token balance must grow by exactly `amount` across the collector call.
+    /// @dev The contract's token balance must grow by exactly `amount` across the collector call: the collector is
+    ///      untrusted (anyone may pass one), and the reentrancy guard keeps a nested deposit from being counted
+    ///      by both frames' balance checks. The channel is written before the call (checks-effects-interactions).
+    ///      The hot path (every deposit) is assembly over calldata: validation, collector call, balance checks and
+    ///      both events without memory allocation or ABI re-encoding.
     function deposit(ChannelConfig calldata config, uint128 amount, address collector, bytes calldata collectorData)
         external
         nonReentrant
     {
-        if (
-            config.payer == address(0) || config.receiver == address(0) || config.receiverAuthorizer == address(0)
-                || config.token == address(0)
-        ) revert InvalidChannel();
-        if (config.withdrawDelay < MIN_WITHDRAW_DELAY || config.withdrawDelay > MAX_WITHDRAW_DELAY) {
-            revert WithdrawDelayOutOfRange();
-        }
-        if (amount == 0) revert ZeroDeposit();
-        if (collector == address(0)) revert InvalidCollector();
-
+        _checkDeposit(config, amount, collector);
         bytes32 channelId = _channelId(config, _domainSeparator());
         (uint256 slot, uint256 st) = _channelSlot(channelId);
         uint256 balance = st & _LOW128;
@@ -147,14 +142,92 @@ contract BatchSettlement is Multicall, ReentrancyGuardTransient {
         assembly ("memory-safe") {
             sstore(slot, or(and(st, not(_LOW128)), newBalance))
         }
+        _collect(config, amount, collector, channelId, collectorData);
+        bytes32 createdTopic = ChannelCreated.selector;
+        bytes32 depositedTopic = Deposited.selector;
+        assembly ("memory-safe") {
+            // the config was checked clean by _channelId, so its calldata words are its ABI encoding
+            if iszero(st) {
+                let m := mload(0x40)
+                calldatacopy(m, config, 0xe0)
+                log2(m, 0xe0, createdTopic, channelId)
+            }
+            mstore(0x00, amount)
+            mstore(0x20, newBalance)
+            log3(0x00, 0x40, depositedTopic, channelId, caller())
+        }
+    }
 
-        address token = config.token;
-        uint256 before = IERC20(token).balanceOf(address(this));
-        IDepositCollector(collector).collect(config.payer, token, amount, channelId, collectorData);
-        if (IERC20(token).balanceOf(address(this)) != before + amount) revert DepositCollectionFailed();
+    /// @dev deposit's argument checks, in the order of the canonical contract's errors.
+    function _checkDeposit(ChannelConfig calldata config, uint128 amount, address collector) private pure {
+        uint256 zeroField;
+        uint256 delay;
+        assembly ("memory-safe") {
+            zeroField := or(
+                or(iszero(calldataload(config)), iszero(calldataload(add(config, 0x40)))),
+                or(iszero(calldataload(add(config, 0x60))), iszero(calldataload(add(config, 0x80))))
+            )
+            delay := calldataload(add(config, 0xa0))
+        }
+        if (zeroField != 0) revert InvalidChannel();
+        if (delay < MIN_WITHDRAW_DELAY || delay > MAX_WITHDRAW_DELAY) revert WithdrawDelayOutOfRange();
+        if (amount == 0) revert ZeroDeposit();
+        if (collector == address(0)) revert InvalidCollector();
+    }
 
-        if (st == 0) emit ChannelCreated(channelId, config);
-        emit Deposited(channelId, msg.sender, amount, uint128(newBalance));
+    /// @dev `collector.collect(payer, token, amount, channelId, collectorData)` between two `balanceOf(this)`
+    ///      reads that must differ by exactly `amount`. A revert in the collector (e.g. the token's
+    ///      InvalidSignature) is passed through; a collector without code collects nothing and fails the check.
+    function _collect(
+        ChannelConfig calldata config,
+        uint256 amount,
+        address collector,
+        bytes32 channelId,
+        bytes calldata collectorData
+    ) private {
+        bytes4 failed = DepositCollectionFailed.selector;
+        bytes4 collectSelector = IDepositCollector.collect.selector;
+        assembly ("memory-safe") {
+            let token := calldataload(add(config, 0x80))
+            mstore(0x00, 0x70a08231) // balanceOf(address)
+            mstore(0x20, address())
+            // staticcall runs before returndatasize is read (Yul evaluates arguments right to left)
+            if iszero(and(gt(returndatasize(), 0x1f), staticcall(gas(), token, 0x1c, 0x24, 0x00, 0x20))) {
+                mstore(0x00, failed)
+                revert(0x00, 0x04)
+            }
+            let before := mload(0x00)
+
+            let m := mload(0x40)
+            let n := collectorData.length
+            mstore(m, collectSelector)
+            mstore(add(m, 0x04), calldataload(config)) // payer
+            mstore(add(m, 0x24), token)
+            mstore(add(m, 0x44), amount)
+            mstore(add(m, 0x64), channelId)
+            mstore(add(m, 0x84), 0xa0)
+            mstore(add(m, 0xa4), n)
+            // right-pad the bytes with zeros, as the ABI encodes them
+            let padded := and(add(n, 0x1f), not(0x1f))
+            mstore(add(m, add(0xa4, padded)), 0)
+            calldatacopy(add(m, 0xc4), collectorData.offset, n)
+            if iszero(call(gas(), collector, 0, m, add(0xc4, padded), 0x00, 0x00)) {
+                returndatacopy(m, 0x00, returndatasize())
+                revert(m, returndatasize())
+            }
+
+            mstore(0x00, 0x70a08231)
+            mstore(0x20, address())
+            if iszero(and(gt(returndatasize(), 0x1f), staticcall(gas(), token, 0x1c, 0x24, 0x00, 0x20))) {
+                mstore(0x00, failed)
+                revert(0x00, 0x04)
+            }
+            // modular difference: exact even for a token whose balance would wrap
+            if iszero(eq(sub(mload(0x00), before), amount)) {
+                mstore(0x00, failed)
+                revert(0x00, 0x04)
+            }
+        }
     }
 
     // ---------------------------------------------------------------- claims

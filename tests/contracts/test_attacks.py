@@ -183,3 +183,41 @@ async def test_reentrancy_through_a_malicious_token(env) -> None:
     assert not await evil.functions.reentrySucceeded().call()
     assert await evil.functions.balanceOf(ch.payer).call() == payer_before + 30_000
     assert await kit.channel_state(ch) == (70_000, 40_000)
+
+
+async def test_collector_that_does_not_deliver_and_malformed_collector_data(env) -> None:
+    """The settlement trusts no collector: its own token balance must grow by exactly the deposit."""
+    kit = env.kit
+    ch = env.channel()
+    data = kit.collector_data(ch, 1_000)
+    # an address without code "collects" nothing: the balance check fails, nothing is credited
+    await assert_reverts(kit, env.facilitator, "deposit", [ch.config, 1_000, env.addr(env.stranger), data],
+                         "DepositCollectionFailed")
+    # collectorData that is not abi.encode(uint256, uint256, uint256, bytes) is refused by the collector
+    for bad in (data[:0x60], data[:0x80] + (10**6).to_bytes(32, "big"), data[:-40]):
+        await assert_reverts(kit, env.facilitator, "deposit", [ch.config, 1_000, kit.deployment.collector, bad],
+                             "InvalidCollectorData")
+    assert await kit.channel_state(ch) == (0, 0)
+    await kit.deposit(env.facilitator, ch, 1_000, collector_data=data)
+    assert await kit.channel_state(ch) == (1_000, 0)
+
+
+async def test_token_rejects_authorizations_that_recover_to_nothing(env) -> None:
+    """TestUSDC's assembly ecrecover yields zero for bad signatures; that must never pass for from = 0."""
+    kit = env.kit
+    zero = "0x0000000000000000000000000000000000000000"
+    to = env.addr(env.receiver)
+    for sig in (b"\x00" * 65, b"\x11" * 64 + b"\x1d", b"\x11" * 32 + N.to_bytes(32, "big") + b"\x1b"):
+        await assert_reverts(kit, env.stranger, "transferWithAuthorization",
+                             [zero, to, 0, 0, 2**40, b"\x01" * 32, sig], "InvalidSignature", to=kit.token)
+    # high-s twin of a valid signature: rejected as OpenZeppelin ECDSA does
+    ch = env.channel()
+    good = kit.collector_data(ch, 1_000)
+    from eth_abi import decode
+
+    va, vb, salt, sig = decode(["uint256", "uint256", "uint256", "bytes"], good)
+    r, s, v = sig[:32], int.from_bytes(sig[32:64], "big"), sig[64]
+    twin = r + (N - s).to_bytes(32, "big") + bytes([55 - v])
+    bad = kit.collector_data(ch, 1_000, salt=salt, valid_after=va, valid_before=vb)[:-96] + twin + b"\x00" * 31
+    await assert_reverts(kit, env.facilitator, "deposit", [ch.config, 1_000, kit.deployment.collector, bad],
+                         "InvalidSignature")
