@@ -45,7 +45,8 @@ def _handle(args: argparse.Namespace) -> int:
     try:
         node.start()
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
-        raise CliError(f"devnet: {exc}") from exc
+        # anvil's own stderr is multi-line: fold it into the one-line error
+        raise CliError(f"anvil could not start on --port {args.port}: {' '.join(str(exc).split())}") from exc
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -53,7 +54,7 @@ def _handle(args: argparse.Namespace) -> int:
         emit(args, info, _human)
         while not stop.wait(0.5):
             if not node.running:
-                raise CliError("devnet: anvil exited")
+                raise CliError("anvil exited unexpectedly; run it again (with --state to keep the chain)")
     except KeyboardInterrupt:
         pass
     finally:
