@@ -482,10 +482,11 @@ class ChainSync:
                     log.warning("chain sync: node unreachable (%s); retrying in %.1fs", exc, delay)
                 else:
                     log.exception("chain sync round failed; retrying in %.1fs", delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self.settler.wake.wait(), delay * (0.9 + random.random() / 5)
-                )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a stop()'s
+            # cancellation that lands as the wait ends, and stop() then hangs forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * (0.9 + random.random() / 5)):
+                    await self.settler.wake.wait()
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None or self._task.done():
@@ -497,9 +498,7 @@ class ChainSync:
     async def stop(self) -> None:
         for task in (self._task, self._keepalive):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         self._task = self._keepalive = None
         await self.lease.release()
         close = getattr(self.lease, "close", None)
@@ -511,3 +510,18 @@ class ChainSync:
         self.start()
         yield
         await self.stop()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again until it does.
+
+    One cancel is not always enough: a library on the task's path (an HTTP client's timeout,
+    a to_thread hop) may absorb a CancelledError that lands at the wrong moment, and the task
+    then waits on its next future with nothing left to wake it; a repeated cancel reaches it
+    there.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:  # stopping anyway: say why it died
+        log.warning("%s had ended with %r", task.get_name(), task.exception())

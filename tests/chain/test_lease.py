@@ -82,7 +82,9 @@ async def test_two_gateways_on_one_redis_store_run_one_settler(anvil, tmp_path) 
         await _until(lambda: claimed(more))
         assert syncs[follower].leader
         claims = [e for e in await gateways[0].chain.journal.entries() if e.kind == "claim"]
-        assert [e.status for e in claims] == ["mined", "mined"]
+        # one claim per leader at least (the new leader may claim the 3 charges in two rounds
+        # as they land); every one mined, and the exact total above: nothing claimed twice
+        assert len(claims) >= 2 and all(e.status == "mined" for e in claims)
         assert (await gateways[1].store.get(cid)).total_claimed == more
     finally:
         for s in syncs:
