@@ -35,6 +35,7 @@ from .wire import ChannelConfig, DepositPayload, PaymentRequirements, SignedRece
 __all__ = [
     "recover_address",
     "recover_signer",
+    "signed_by",
     "verify_channel_terms",
     "verify_deposit_authorization",
     "verify_receipt",
@@ -96,8 +97,15 @@ def recover_address(
     return _address_of(_recover_public(digest, signature, code, field))
 
 
-def _signed_by(digest: bytes, signature: bytes, expected: bytes, field: str) -> bytes | None:
-    """None when `expected` signed; else the address that did (PaymentError if malformed)."""
+def signed_by(digest: bytes, signature: bytes, expected: bytes, field: str) -> bytes | None:
+    """None when `expected` (20 bytes) signed `digest`; else the 20-byte address that did.
+
+    Raises PaymentError(VOUCHER_SIGNATURE, field) for a malformed signature. A signer seen
+    before is recognised by its public point, without serializing it or hashing it::
+
+        >>> signed_by(digest, sig65, config.payer_authorizer, "payload.voucher.signature")
+        None
+    """
     public = _recover_public(digest, signature, ErrorCode.VOUCHER_SIGNATURE, field)
     if _ffi is not None:
         point = _ffi.buffer(public.public_key, 64)[:]
@@ -155,7 +163,7 @@ def verify_voucher(
             "is zero: verify with channels.eip1271.verify_voucher_eip1271 (smart-wallet path)",
         )
     digest = voucher_digest(chain_id, contract, voucher.channel_id, voucher.max_claimable_amount)
-    signer = _signed_by(digest, voucher.signature, authorizer, field + ".signature")
+    signer = signed_by(digest, voucher.signature, authorizer, field + ".signature")
     if signer is not None:
         raise PaymentError(
             ErrorCode.VOUCHER_SIGNATURE,

@@ -5,7 +5,9 @@ chain client (``ChainClient``), the in-process facilitator (``Facilitator``: dep
 refunds) and the chain sync (``ChainSync``: watcher + settler under a lease) — into the calls
 the x402 middleware makes::
 
-    checked = await gate.check(header, units, request)        # 402 | replayed answer | payment
+    refund = gate.refund_payment(header, request)             # None | 402 | verified refund
+    response = await gate.refund(refund, request)             # claim charges, refund the rest
+    checked = gate.check(header, units, request)              # 402 | verified payment (no I/O)
     held = await gate.reserve(checked, units, request)        # 402 | Hold (deposit submitted here)
     await gate.release(held)                                  # failure: nothing is charged
     response = await gate.commit(held, request, response)     # charge + PAYMENT-RESPONSE + receipt
@@ -334,13 +336,16 @@ class PaymentGate:
 
     # ------------------------------------------------------------------ the calls
 
-    async def check(self, header: str, units: int, request: web.Request) -> VerifiedPayment | web.Response:
-        """Parse and verify the payment (signature, channel binding, offer, deposit authorization)."""
+    def check(self, header: str, units: int, request: web.Request) -> VerifiedPayment | web.Response:
+        """Parse and verify the payment (signature, channel binding, offer, deposit authorization).
+
+        Synchronous: it is pure CPU (no store, no chain), so it costs no coroutine per request.
+        """
         try:
             payment = self.terms.parse(header, units)
-            if isinstance(payment.payload, RefundPayload):
+            if isinstance(payment.payload, RefundPayload):  # the middleware serves refunds first
                 raise PaymentError(ErrorCode.PAYLOAD_TYPE, "payload.type",
-                                   "cooperative refunds are not served on this route")
+                                   "a refund payload is answered before the request is priced")
             if isinstance(payment.payload, DepositPayload):
                 verify_deposit_authorization(
                     payment.payload, self.terms.requirements(units), self.config.collector,
@@ -349,6 +354,44 @@ class PaymentGate:
         except PaymentError as exc:
             return self._reject(exc, units, request)
         return payment
+
+    def refund_payment(self, header: str, request: web.Request) -> VerifiedPayment | web.Response | None:
+        """A verified refund payload from ``PAYMENT-SIGNATURE``; a 402 for a bad one; None when
+        the header carries a voucher or deposit (the usual path then checks it)."""
+        try:
+            return self.terms.parse_refund(header)
+        except PaymentError as exc:
+            return self._reject(exc, 1, request)
+
+    async def refund(self, payment: VerifiedPayment, request: web.Request) -> web.Response:
+        """Serve a cooperative refund sent to the paid resource (the spec's server side).
+
+        Claims every outstanding charge and refunds the rest (or ``payload.amount``) through
+        the facilitator, in one transaction. The answer carries ``PAYMENT-RESPONSE`` (the
+        settlement: refunded amount, refund transaction, channel state) and no resource; a
+        refused refund is a 402 naming the spec's code, with the failed settlement attached.
+        Nothing is charged either way.
+        """
+        try:
+            settled = await self.facilitator.refund(payment.payload, self.terms.requirements(1))
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise _chain_unavailable(self.config) from None
+            raise
+        text = json.dumps(settled.to_json(), separators=(",", ":"))
+        header = base64.b64encode(text.encode()).decode()
+        if settled.success:
+            response = web.Response(status=200, body=text.encode(), content_type="application/json")
+        else:
+            try:
+                code = ErrorCode(settled.error_reason)
+            except ValueError:
+                code = ErrorCode.REFUND_TRANSACTION_FAILED
+            response = self._reject(PaymentError(code, "payload", settled.error_message or "refund refused"),
+                                    1, request)
+        response.headers["PAYMENT-RESPONSE"] = header
+        response.headers["Access-Control-Expose-Headers"] = _EXPOSE
+        return response
 
     async def reserve(self, payment: VerifiedPayment, units: int, request: web.Request) -> Hold | web.Response:
         """Hold the price (ledger acceptance rules); submit a deposit payload's deposit on-chain."""
@@ -479,19 +522,14 @@ class PaymentGate:
             payer = self._payer_json[payment.config.payer] = checksum_address(payment.config.payer)
         # Hand-assembled JSON: every value is hex or decimal (no escaping), the layout is fixed,
         # and this is several microseconds cheaper per request than dicts + json.dumps.
+        amount = "" if hold.deposit_amount is None else hold.deposit_amount
         text = (
-            '{"success":true,"transaction":"' + hold.deposit_tx
-            + '","network":"' + self._network
-            + '","payer":"' + payer
-            + '","amount":"' + ("" if hold.deposit_amount is None else str(hold.deposit_amount))
-            + '","extra":{"chargedAmount":"' + str(hold.amount)
-            + '","channelState":{"channelId":"' + payment.channel_hex
-            + '","balance":"' + str(state.balance)
-            + '","totalClaimed":"' + str(state.total_claimed)
-            + '","withdrawRequestedAt":' + str(state.withdraw_requested_at)
-            + ',"refundNonce":"' + str(state.refund_nonce)
-            + '","chargedCumulativeAmount":"' + str(cumulative)
-            + '"},"receipt":' + receipt + "}}"
+            f'{{"success":true,"transaction":"{hold.deposit_tx}","network":"{self._network}",'
+            f'"payer":"{payer}","amount":"{amount}","extra":{{"chargedAmount":"{hold.amount}",'
+            f'"channelState":{{"channelId":"{payment.channel_hex}","balance":"{state.balance}",'
+            f'"totalClaimed":"{state.total_claimed}","withdrawRequestedAt":{state.withdraw_requested_at},'
+            f'"refundNonce":"{state.refund_nonce}","chargedCumulativeAmount":"{cumulative}"}},'
+            f'"receipt":{receipt}}}}}'
         )
         return binascii.b2a_base64(text.encode(), newline=False).decode()
 

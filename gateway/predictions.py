@@ -149,3 +149,5 @@ def register_metrics(clf: Classifier, metrics: GatewayMetrics) -> None:
         ("expired", "Requests dropped past their deadline."),
     ):
         metrics.add(Gauge(f"paychan_classifier_{name}", help_text, read=stat(name)))
+    metrics.add(Gauge("paychan_classifier_batch_cap", "Largest model batch (chosen at warm-up).",
+                      read=lambda: float(getattr(clf, "batch_cap", 0) or 0)))

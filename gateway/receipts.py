@@ -16,9 +16,18 @@ from __future__ import annotations
 
 import hashlib
 
-from channels.eip712 import receipt_digest
+from channels.eip712 import (
+    RECEIPT_DOMAIN_NAME,
+    RECEIPT_DOMAIN_VERSION,
+    RECEIPT_TYPE,
+    domain_separator,
+    keccak256,
+)
 from channels.signing import Signer
-from channels.wire import Receipt
+
+# Precomputed once: the type hash, and (per signer) "\x19\x01" ++ the domain separator.
+_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+_PAD16 = bytes(16)
 
 __all__ = ["ReceiptSigner", "request_digest", "result_digest"]
 
@@ -36,13 +45,15 @@ def result_digest(body: bytes) -> bytes:
 class ReceiptSigner:
     """Signs receipts with the receiver-authorizer key; ``sign`` returns the receipt JSON text."""
 
-    __slots__ = ("_signer", "address", "chain_id", "settlement")
+    __slots__ = ("_prefix", "_signer", "address", "chain_id", "settlement")
 
     def __init__(self, signer: Signer, *, chain_id: int, settlement: str) -> None:
         self._signer = signer
         self.chain_id = chain_id
         self.settlement = settlement
         self.address = signer.address
+        separator = domain_separator(chain_id, settlement, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
+        self._prefix = b"\x19\x01" + separator
 
     def sign(
         self,
@@ -53,20 +64,25 @@ class ReceiptSigner:
         charged: int,
         cumulative: int,
     ) -> str:
-        """The signed receipt as a compact JSON object (text, ready to splice into a header)."""
-        receipt = Receipt(
-            channel_id, request_digest(request_body), result_digest(response_body),
-            model_version, charged, cumulative,
+        """The signed receipt as a compact JSON object (text, ready to splice into a header).
+
+        The digest is ``channels.eip712.receipt_digest`` packed inline (the words are already
+        32 bytes; amounts are uint128, so ``to_bytes(16)`` refuses anything larger).
+        """
+        req = hashlib.sha256(request_body).digest()
+        res = hashlib.sha256(response_body).digest()
+        if len(channel_id) != 32 or len(model_version) != 32:
+            raise ValueError("channel_id and model_version must be 32 bytes")
+        struct_hash = keccak256(
+            _RECEIPT_TYPEHASH + channel_id + req + res + model_version
+            + _PAD16 + charged.to_bytes(16, "big") + _PAD16 + cumulative.to_bytes(16, "big")
         )
-        signature = self._signer.sign_digest(receipt_digest(self.chain_id, self.settlement, receipt))
+        signature = self._signer.sign_digest(keccak256(self._prefix + struct_hash))
         # Hand-formatted: every value is hex or decimal, so no escaping is ever needed, and this
         # is several microseconds cheaper than building a dict and json.dumps on every request.
         return (
-            '{"channelId":"0x' + channel_id.hex()
-            + '","requestDigest":"0x' + receipt.request_digest.hex()
-            + '","resultDigest":"0x' + receipt.result_digest.hex()
-            + '","modelVersion":"0x' + model_version.hex()
-            + '","chargedAmount":"' + str(charged)
-            + '","cumulativeCharged":"' + str(cumulative)
-            + '","signature":"0x' + signature.hex() + '"}'
+            f'{{"channelId":"0x{channel_id.hex()}","requestDigest":"0x{req.hex()}",'
+            f'"resultDigest":"0x{res.hex()}","modelVersion":"0x{model_version.hex()}",'
+            f'"chargedAmount":"{charged}","cumulativeCharged":"{cumulative}",'
+            f'"signature":"0x{signature.hex()}"}}'
         )

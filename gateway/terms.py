@@ -2,9 +2,18 @@
 
 The 402 challenge is the same bytes for every request of a given price, so its header and
 body are built once per (units, resource URL) and reused. Parsing a ``PAYMENT-SIGNATURE``
-takes a fast path for the common case (a known channel echoing our exact offer): the
-decoded JSON is compared with what was already validated for that channel instead of being
-re-validated field by field; anything new goes through ``channels.wire``'s strict parser::
+has three tiers, fastest first:
+
+1. a *layout* seen before: a client sends the same base64 text for everything up to the
+   voucher's ``maxClaimableAmount`` (our offer, its channel config, its channel id) on every
+   request, so that prefix is compared as a string with one validated before, and only the
+   short tail (amount and signature) is decoded — no JSON parse of the ~1 KB header;
+2. a known channel echoing our exact offer: the decoded JSON is compared with what was
+   already validated for that channel instead of being re-validated field by field;
+3. anything new goes through ``channels.wire``'s strict parser, which names the field and
+   the fix.
+
+Every tier ends in the same voucher signature check (one public-key recovery)::
 
     terms = Terms(chain_id=31337, token=..., receiver=..., receiver_authorizer=..., price=1000,
                   withdraw_delay=900, token_name="USD Coin", token_version="2")
@@ -17,14 +26,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from channels.eip712 import VOUCHER_TYPE, domain_separator, keccak256
 from channels.eip712 import channel_id as compute_channel_id
-from channels.eip712 import voucher_digest
 from channels.errors import ErrorCode, PaymentError
-from channels.verify import recover_address, verify_voucher
+from channels.verify import signed_by, verify_voucher
 from channels.wire import (
     BatchExtra,
     ChannelConfig,
@@ -47,9 +57,32 @@ except ImportError:  # pragma: no cover - same results, slower
 
 _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE"
 _U128 = 1 << 128
+_VOUCHER_TYPEHASH = keccak256(VOUCHER_TYPE.encode())
+_AMOUNT_KEY = b'"maxClaimableAmount":"'
+# What follows the amount key in a voucher-last layout: the ceiling, the signature, and the
+# closing braces of voucher, payload and the root object (nothing else may follow).
+_TAIL = re.compile(rb'([0-9]{1,39})","signature":"0x([0-9a-fA-F]{130})"\}\}\}')
+_LAYOUTS_LIMIT = 100_000  # layouts remembered (one per channel and client encoding)
+_LAYOUT_LENGTHS_LIMIT = 8  # distinct prefix lengths tried per header (one per encoding)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class _Layout:
+    """A validated ``PAYMENT-SIGNATURE`` up to its voucher amount, for the string fast path.
+
+    ``rest`` is what the base64 prefix (whole 4-character groups) does not cover of the JSON
+    prefix (0-2 bytes); the decoded tail must start with it.
+    """
+
+    rest: bytes
+    config: ChannelConfig
+    channel_id: bytes
+    channel_hex: str
+    accepted_amount: int  # accepts[0].amount the client echoed (checked against units each time)
+    struct_prefix: bytes  # VOUCHER_TYPEHASH ++ channelId: the voucher struct hash's fixed part
+
+
+@dataclass(slots=True)
 class VerifiedPayment:
     """A payment whose voucher signature and channel binding are checked."""
 
@@ -99,6 +132,10 @@ class Terms:
         self._challenges: dict[tuple[int, str], tuple[bytes, str]] = {}
         # channel id (hex, as sent) -> (channelConfig JSON as validated, parsed config, id, id hex)
         self._channels: dict[str, tuple[dict, ChannelConfig, bytes, str]] = {}
+        # base64 prefix of a validated header -> its layout; the prefix lengths in use
+        self._layouts: dict[str, _Layout] = {}
+        self._layout_lengths: list[int] = []
+        self._domain = domain_separator(chain_id, settlement)
 
     # ------------------------------------------------------------------ the offer
 
@@ -181,15 +218,118 @@ class Terms:
         (network, asset, payTo, receiverAuthorizer, withdrawDelay), the channel config
         against our terms, channel id binding and the payerAuthorizer's voucher signature.
         """
+        for length in self._layout_lengths:
+            layout = self._layouts.get(header[:length])
+            if layout is not None:
+                fast = self._parse_layout(layout, header, length, units)
+                if fast is not None:
+                    return fast
+                break
         try:
-            data = _loads(binascii.a2b_base64(header, strict_mode=True))
+            raw = binascii.a2b_base64(header, strict_mode=True)
+            data = _loads(raw)
         except (binascii.Error, ValueError, TypeError, RecursionError) as exc:  # orjson's error is a ValueError
             raise PaymentError(
                 ErrorCode.INVALID_PAYLOAD, "PAYMENT-SIGNATURE",
                 f"must be base64 of a JSON object ({exc})",
             ) from None
         fast = self._parse_fast(data, units) if type(data) is dict else None
-        return fast if fast is not None else self._parse_strict(data, units)
+        payment = fast if fast is not None else self._parse_strict(data, units)
+        if isinstance(payment.payload, VoucherPayload):
+            accepted = data["accepted"]  # type: ignore[index]  (validated by either parser)
+            self._learn_layout(header, raw, payment, int(accepted["amount"]))
+        return payment
+
+    def parse_refund(self, header: str) -> VerifiedPayment | None:
+        """The cooperative refund a ``PAYMENT-SIGNATURE`` carries, verified; None when it
+        carries anything else (``parse`` then handles it, errors included).
+
+        A header in a known voucher layout answers None at once, so a paid request pays one
+        prefix lookup for this; a refund is checked against our offer (any units: a refund
+        charges nothing), the channel config and the payerAuthorizer's signature::
+
+            refund = terms.parse_refund(header)      # VerifiedPayment(payload=RefundPayload) | None
+        """
+        for length in self._layout_lengths:
+            if header[:length] in self._layouts:
+                return None
+        try:
+            raw = binascii.a2b_base64(header, strict_mode=True)
+        except (binascii.Error, ValueError, TypeError):
+            return None
+        if b'"refund"' not in raw:
+            return None
+        try:
+            data = _loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        payload = data.get("payload") if type(data) is dict else None
+        if type(payload) is not dict or payload.get("type") != "refund":
+            return None
+        return self._parse_strict(data, 0)
+
+    def _parse_layout(self, layout: _Layout, header: str, length: int, units: int) -> VerifiedPayment | None:
+        """The tail after a known prefix: amount and signature, else None (slower tiers decide)."""
+        if layout.accepted_amount < units * self.price:
+            return None  # the strict parser names the error
+        try:
+            tail = binascii.a2b_base64(header[length:], strict_mode=True)
+        except binascii.Error:
+            return None
+        rest = layout.rest
+        if not tail.startswith(rest):
+            return None
+        match = _TAIL.fullmatch(tail, len(rest))
+        if match is None:
+            return None
+        amount = int(match[1])
+        if amount >= _U128:
+            return None
+        return self._verified(layout.config, layout.channel_id, layout.channel_hex, amount,
+                              bytes.fromhex(match[2].decode()), layout.struct_prefix)
+
+    def _verified(self, config: ChannelConfig, cid: bytes, cid_hex: str, amount: int,
+                  signature: bytes, struct_prefix: bytes) -> VerifiedPayment:
+        """The voucher signature check shared by the fast tiers (the strict one has its own)."""
+        digest = keccak256(b"\x19\x01" + self._domain + keccak256(struct_prefix + amount.to_bytes(32, "big")))
+        if signed_by(digest, signature, config.payer_authorizer, "payload.voucher.signature") is not None:
+            raise PaymentError(
+                ErrorCode.VOUCHER_SIGNATURE, "payload.voucher.signature",
+                "is not signed by the channel's payerAuthorizer",
+            )
+        voucher = Voucher(cid, amount, signature)
+        return VerifiedPayment(VoucherPayload(config, voucher), cid, cid_hex, config, voucher)
+
+    def _learn_layout(self, header: str, raw: bytes, payment: VerifiedPayment, accepted_amount: int) -> None:
+        """Remember a validated voucher header's layout when its voucher comes last, as our
+        SDK and the reference clients write it; other layouts keep the slower tiers."""
+        at = raw.rfind(_AMOUNT_KEY)
+        if at < 0:
+            return
+        cut = at + len(_AMOUNT_KEY)
+        match = _TAIL.fullmatch(raw, cut)
+        voucher = payment.voucher
+        if (
+            match is None
+            or int(match[1]) != voucher.max_claimable_amount
+            or bytes.fromhex(match[2].decode()) != voucher.signature
+        ):
+            return
+        whole = cut // 3 * 3
+        prefix = binascii.b2a_base64(raw[:whole], newline=False).decode()
+        if not header.startswith(prefix) or prefix in self._layouts:
+            return
+        length = len(prefix)
+        if length not in self._layout_lengths:
+            if len(self._layout_lengths) >= _LAYOUT_LENGTHS_LIMIT:
+                return
+            self._layout_lengths.append(length)
+        if len(self._layouts) >= _LAYOUTS_LIMIT:  # bounded: a flood of fresh channels cannot grow it
+            self._layouts.clear()
+        self._layouts[prefix] = _Layout(
+            raw[whole:cut], payment.config, payment.channel_id, payment.channel_hex,
+            accepted_amount, _VOUCHER_TYPEHASH + payment.channel_id,
+        )
 
     def _parse_fast(self, data: dict, units: int) -> VerifiedPayment | None:
         """Known channel + our exact offer + voucher payload: check only what changed."""
@@ -225,17 +365,7 @@ class Terms:
             return None
         if amount >= _U128 or len(signature) != 65:
             return None
-        voucher = Voucher(cid, amount, signature)
-        digest = voucher_digest(
-            self.chain_id, self.settlement, voucher.channel_id, voucher.max_claimable_amount
-        )
-        signer = recover_address(digest, voucher.signature, field="payload.voucher.signature")
-        if signer != config.payer_authorizer:
-            raise PaymentError(
-                ErrorCode.VOUCHER_SIGNATURE, "payload.voucher.signature",
-                "is not signed by the channel's payerAuthorizer",
-            )
-        return VerifiedPayment(VoucherPayload(config, voucher), cid, known[3], config, voucher)
+        return self._verified(config, cid, known[3], amount, signature, _VOUCHER_TYPEHASH + cid)
 
     def _parse_strict(self, data: object, units: int) -> VerifiedPayment:
         payment = PaymentPayload.from_json(data)

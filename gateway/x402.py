@@ -6,7 +6,10 @@ many units it costs. For such a route the middleware
 
 1. refuses a declared body over the limit before reading it (413),
 2. runs the pricer (bad input: 400/413/415/422; nothing is reserved),
-3. answers 402 + ``PAYMENT-REQUIRED`` when there is no ``PAYMENT-SIGNATURE``,
+3. answers 402 + ``PAYMENT-REQUIRED`` when there is no ``PAYMENT-SIGNATURE``
+   (a ``PAYMENT-SIGNATURE`` carrying a cooperative *refund* is served before step 1: the
+   facilitator claims what was charged and refunds the rest; the answer is the
+   ``PAYMENT-RESPONSE`` alone, no image is read and nothing is charged),
 4. has the :class:`~gateway.payments.PaymentGate` check the payment (parse, offer, channel
    binding, voucher signature, deposit authorization),
 5. admits it under the per-channel and global in-flight caps (429 + Retry-After),
@@ -79,6 +82,16 @@ async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamR
     config = app[CONFIG]
     if app[STATE].draining:
         raise api_error(503, "shutting_down", "the gateway is draining; retry", retry_after=1)
+    header = request.headers.get(PAYMENT_SIGNATURE)
+    if header is not None and config.payment:
+        # A cooperative refund is sent to the paid resource itself (the spec's server side):
+        # answered here, before pricing, so it needs no image and is charged nothing.
+        gate = app[PAYMENTS]
+        refund = gate.refund_payment(header, request)
+        if refund is not None:
+            if isinstance(refund, web.StreamResponse):  # 402: a bad refund payload
+                return refund
+            return await gate.refund(refund, request)
     try:
         check_content_length(request, config.max_body_bytes)
         units = await pricer(request)
@@ -95,11 +108,10 @@ async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamR
             caps.leave(None)
 
     gate = app[PAYMENTS]
-    header = request.headers.get(PAYMENT_SIGNATURE)
     if header is None:
         return gate.challenge(units, request)
     started = time.perf_counter()
-    checked = await gate.check(header, units, request)
+    checked = gate.check(header, units, request)
     app[METRICS].verify_seconds.observe(time.perf_counter() - started)
     if isinstance(checked, web.StreamResponse):  # 402: malformed, wrong offer, bad signature
         return checked

@@ -44,13 +44,14 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
-def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
+def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 class SqliteStore(MemoryStore):
@@ -128,42 +129,49 @@ class SqliteStore(MemoryStore):
         if token is not None:
             await token
 
-    def _apply(self, conn: sqlite3.Connection, batch: list[Write]) -> None:
+    def _statements(self, batch: list[Write]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The SQL for a batch of writes, in order; a channel's states coalesce to its last."""
         states: dict[bytes, Any] = {}
-        rest: list[Write] = []
-        for w in batch:
-            if w[0] == "state":
-                states[w[1]] = w[2]  # coalesce: the last state of a channel wins
-            else:
-                rest.append(w)
+        rest: list[tuple[str, tuple[Any, ...]]] = []
         ns = self._ns
-        conn.executemany(
-            "INSERT OR REPLACE INTO channels(ns, channel_id, state) VALUES (?,?,?)",
-            [(ns, cid, encode_state(s)) for cid, s in states.items()],
-        )
-        for w in rest:
-            if w[0] == "idem":
+        for w in batch:
+            kind = w[0]
+            if kind == "state":
+                states[w[1]] = w[2]  # coalesce: the last state of a channel wins
+            elif kind == "idem":
                 _, cid, key, rec = w
                 if rec is None:
-                    conn.execute(
-                        "DELETE FROM idempotency WHERE ns=? AND channel_id=? AND key=?",
-                        (ns, cid, key),
-                    )
+                    rest.append(("DELETE FROM idempotency WHERE ns=? AND channel_id=? AND key=?",
+                                 (ns, cid, key)))
                 else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?,?)",
-                        (ns, cid, key, encode_idem(rec), rec.created_at),
-                    )
-            elif w[0] == "kv":
+                    rest.append(("INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?,?)",
+                                 (ns, cid, key, encode_idem(rec), rec.created_at)))
+            elif kind == "kv":
                 _, space, key, value = w
                 if value is None:
-                    conn.execute(
-                        "DELETE FROM kv WHERE ns=? AND space=? AND key=?", (ns, space, key)
-                    )
+                    rest.append(("DELETE FROM kv WHERE ns=? AND space=? AND key=?", (ns, space, key)))
                 else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, space, key, value)
-                    )
+                    rest.append(("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (ns, space, key, value)))
+        out = [("INSERT OR REPLACE INTO channels(ns, channel_id, state) VALUES (?,?,?)",
+                (ns, cid, encode_state(st))) for cid, st in states.items()]
+        out.extend(rest)
+        return out
+
+    def _commit(self, conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """One durable transaction. A single statement runs as its own (autocommit)
+        transaction: same atomicity and fsync, two fewer round trips into SQLite (each one
+        releases and retakes the GIL, which the event loop thread then waits for)."""
+        if len(statements) == 1:
+            conn.execute(*statements[0])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _run(self) -> None:
         conn = self._connect()
@@ -182,19 +190,26 @@ class SqliteStore(MemoryStore):
                     continue
                 exc: BaseException | None = None
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    self._apply(conn, [w for writes, _, _ in items for w in writes])
-                    conn.execute("COMMIT")
-                    self.transactions += 1
+                    statements = self._statements([w for writes, _, _ in items for w in writes])
+                    if statements:
+                        self._commit(conn, statements)
+                        self.transactions += 1
                 except BaseException as e:  # noqa: BLE001 - handed to every waiter
                     exc = self._failed = e
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                # One wake-up per event loop for the whole transaction, not one per waiter:
+                # each call_soon_threadsafe writes the loop's self-pipe (a syscall and a
+                # context switch), which under load cost more than the transition itself.
+                waiters: dict[Any, list[asyncio.Future[None]]] = {}
                 for _, loop, fut in items:
+                    waiters.setdefault(loop, []).append(fut)
+                for loop, futs in waiters.items():
                     try:
-                        loop.call_soon_threadsafe(_settle, fut, exc)
+                        loop.call_soon_threadsafe(_settle, futs, exc)
                     except RuntimeError:  # that loop is closed: nobody waits any more
                         pass
         finally:
