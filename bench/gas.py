@@ -26,6 +26,7 @@ from eth_account import Account
 
 from contracts import DEV_KEYS, Anvil, artifact
 from contracts.testkit import SettlementKit, sign_hash
+from _machine import cpu_model  # bench/ is on sys.path when a script runs
 
 # Canonical x402BatchSettlement (solc 0.8.28, 200 runs, cancun) on anvil 1.7.1, from issue 2.
 CANONICAL: dict[str, int] = {
@@ -49,14 +50,7 @@ DEPOSIT = 1_000_000  # 1 USDC
 
 
 def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     anvil = subprocess.run([str(ROOT / "node_modules/.bin/anvil"), "--version"], capture_output=True, text=True, check=False)
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "anvil": anvil.stdout.splitlines()[0] if anvil.stdout else "?",

@@ -31,6 +31,7 @@ from channels.ledger import AcceptInput
 from channels.settler import Settler, SettlerPolicy
 from channels.txjournal import TxJournal
 from contracts import DEV_KEYS, Anvil, send_transaction
+from _machine import cpu_model  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_KEY = DEV_KEYS[0]  # anvil's well-known TEST key 0
@@ -40,14 +41,7 @@ DEPOSIT = 1_000_000  # 1 USDC
 
 
 def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     anvil = subprocess.run(
         [str(ROOT / "node_modules/.bin/anvil"), "--version"],
         capture_output=True,

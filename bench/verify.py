@@ -61,6 +61,7 @@ from channels.wire import (
     SettleResponse,
     SignedReceipt,
 )
+from _machine import cpu_model  # bench/ is on sys.path when a script runs
 
 # Well-known anvil dev keys (mnemonic "test test ... junk"): #1 payer, #2 gateway.
 PAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -70,14 +71,7 @@ SETTLEMENT = channels.CANONICAL_SETTLEMENT_ADDRESS
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
 
     def version(dist: str) -> str | None:
         try:
