@@ -88,6 +88,9 @@ def _error_selectors(abi: list[dict[str, Any]]) -> dict[str, str]:
 # --------------------------------------------------------------------------- results & errors
 
 
+_RECEIPT_LAG_POLLS = 8  # x TxPolicy.poll_s: ~2 s by default
+
+
 class TxFailed(RuntimeError):
     """A transaction did not do what it was sent for; `.kind` names it, `.reason` says why."""
 
@@ -620,11 +623,14 @@ class ChainClient:
                     raise TxFailed(entry.kind, "journal entry has no signed attempt")
                 # Nothing mined: is the nonce used by something that is not ours?
                 if await self._chain_nonce("latest") > entry.nonce:
-                    # Receipts can lag the nonce by a block on some nodes: look once more.
-                    for h in reversed(entry.hashes):
-                        receipt = await self._receipt(h)
-                        if receipt is not None:
-                            return await self._finish(entry, h, receipt)
+                    # Receipts can lag the nonce on some nodes (anvil under load): before calling
+                    # a mined transaction dropped, give its receipt a few polls to appear.
+                    for _ in range(_RECEIPT_LAG_POLLS):
+                        await asyncio.sleep(self.policy.poll_s)
+                        for h in reversed(entry.hashes):
+                            receipt = await self._receipt(h)
+                            if receipt is not None:
+                                return await self._finish(entry, h, receipt)
                     await self.journal.put(entry.finished(DROPPED))
                     raise TxFailed(
                         entry.kind,
