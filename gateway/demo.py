@@ -7,7 +7,8 @@ What happens, in order: the embedded py-evm chain starts with our contracts at t
 x402 addresses; the real classifier loads; the gateway listens on a free loopback port; a
 payer (anvil test key #1) deposits into a channel and classifies the demo photos
 concurrently over HTTP, paying each request with a voucher; the gateway claims the charges
-and settles them to the provider (anvil test key #0). Token balances are read from the chain
+and settles them to the provider (anvil test key #0), and the payer takes back what it did not
+spend with a cooperative refund. Token balances are read from the chain
 before and after, so the summary states what the chain says, not what the client counted.
 """
 
@@ -125,12 +126,16 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
             payer = channels.Payer(payer_signer, work / "payer.sqlite3", deposit_amount=options.deposit)
             async with channels.PaymentClient(payer) as client:
                 results = await _classify_all(client, url, photos * options.rounds, options, report)
-            charged = sum(r["cost"] for r in results if r["status"] == 200)
-            report(f"client     {len(results)} requests, {sum(r['status'] == 200 for r in results)} answered, "
-                   f"charged {_usdc(charged)}")
-            settled = await app[PAYMENTS].settle_now()
-            report(f"settlement claimed {_usdc(int(settled['claimed']))} on {settled['channels']} channel(s), "
-                   f"settled {_usdc(int(settled.get('settled_amount', 0)))} to the provider")
+                charged = sum(r["cost"] for r in results if r["status"] == 200)
+                report(f"client     {len(results)} requests, {sum(r['status'] == 200 for r in results)} "
+                       f"answered, charged {_usdc(charged)}")
+                settled = await app[PAYMENTS].settle_now()
+                report(f"settlement claimed {_usdc(int(settled['claimed']))} on {settled['channels']} channel(s), "
+                       f"settled {_usdc(int(settled.get('settled_amount', 0)))} to the provider")
+                # The cooperative close: the payer asks for what it did not spend, on the paid route.
+                refund = await client.refund(url)
+                refunded = int(refund.amount or 0)
+                report(f"refund     {_usdc(refunded)} back to the payer (tx {refund.transaction[:10]}...)")
             channel_id = results[0]["channel_id"]
         finally:
             await runner.cleanup()
@@ -150,6 +155,7 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
         "deposit": options.deposit,
         "provider_received": after["provider"] - before["provider"],
         "payer_balance_change": after["payer"] - before["payer"],
+        "refunded": refunded,
         "channel_remaining": remaining,
         "balances_before": before,
         "balances_after": after,
@@ -162,8 +168,8 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
         "seconds": round(time.monotonic() - started, 1),
     }
     report(f"balances   provider {_usdc(after['provider'])} ({_signed(summary['provider_received'])}), "
-           f"payer {_usdc(after['payer'])} ({_signed(summary['payer_balance_change'])}; "
-           f"{_usdc(remaining)} still in the channel, refundable)")
+           f"payer {_usdc(after['payer'])} ({_signed(summary['payer_balance_change'])}), "
+           f"{_usdc(remaining)} left in the channel")
     return summary
 
 

@@ -8,7 +8,8 @@ The embedded py-evm chain starts with our contracts at the canonical x402 addres
 classifier loads, the gateway listens on a free loopback port, and a client (anvil test key
 #1) deposits into a payment channel and classifies the photos concurrently, paying each
 request with a signed voucher. The gateway then claims the charges and settles them to the
-provider (anvil test key #0). Balances are read from the chain before and after. Nothing is
+provider (anvil test key #0), and the client takes back the rest of its deposit with a
+cooperative refund. Balances are read from the chain before and after. Nothing is
 kept: the chain and the ledgers live in memory and a temporary folder.
 """
 

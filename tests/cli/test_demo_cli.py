@@ -36,12 +36,14 @@ async def test_demo_summary_matches_the_chain(tmp_path: Path) -> None:
     assert s["requests"] == s["answered"] == 2 * photos
     assert s["charged"] == s["requests"] * s["price"]
     assert await _usdc(chain, provider) - provider0 == s["provider_received"] == s["charged"]
-    assert await _usdc(chain, payer) - payer0 == s["payer_balance_change"] == -s["deposit"]
+    # the payer deposited, then took back what it did not spend: it paid exactly the charges
+    assert s["refunded"] == s["deposit"] - s["charged"]
+    assert await _usdc(chain, payer) - payer0 == s["payer_balance_change"] == -s["charged"]
     settlement = chain.w3.eth.contract(address=chain.deployment.settlement,
                                        abi=artifact("BatchSettlement")["abi"])
     balance, total_claimed = (await settlement.functions.channels(bytes.fromhex(s["channel_id"][2:])).call())[:2]
-    assert (balance, total_claimed) == (s["deposit"], s["charged"])
-    assert s["channel_remaining"] == s["deposit"] - s["charged"]
+    assert (balance, total_claimed) == (s["charged"], s["charged"])
+    assert s["channel_remaining"] == 0
     # The printed story names each photo with a label and its cost.
     assert sum("cost 0.001000 USDC" in line for line in lines) == s["requests"]
     assert {r["label"] for r in s["results"] if r["image"] == "chelsea.jpg"} <= {
@@ -57,7 +59,7 @@ def test_demo_command_prints_a_json_summary() -> None:
     s = json.loads(out.stdout)
     assert s["requests"] == s["answered"] == len(list(DEMO_PHOTOS.glob("*.jpg")))
     assert s["provider_received"] == s["charged"] == s["requests"] * s["price"] > 0
-    assert s["payer_balance_change"] + s["channel_remaining"] == -s["charged"]
+    assert s["payer_balance_change"] == -s["charged"] and s["channel_remaining"] == 0
     # Unmodified x402 clients find the contracts: they sit at the canonical addresses.
     assert s["contracts"]["settlement"] == "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
     assert set(s["contracts"]) >= {"chain_id", "settlement", "collector", "token", "registry"}
