@@ -62,6 +62,7 @@ _AMOUNT_KEY = b'"maxClaimableAmount":"'
 # What follows the amount key in a voucher-last layout: the ceiling, the signature, and the
 # closing braces of voucher, payload and the root object (nothing else may follow).
 _TAIL = re.compile(rb'([0-9]{1,39})","signature":"0x([0-9a-fA-F]{130})"\}\}\}')
+_CHANNELS_LIMIT = 100_000  # validated channel configs remembered for the fast tiers
 _LAYOUTS_LIMIT = 100_000  # layouts remembered (one per channel and client encoding)
 _LAYOUT_LENGTHS_LIMIT = 8  # distinct prefix lengths tried per header (one per encoding)
 
@@ -382,9 +383,12 @@ class Terms:
         verify_voucher(config, inner.voucher, self.chain_id, self.settlement)
         cid = inner.voucher.channel_id
         cid_hex = "0x" + cid.hex()
-        if len(self._channels) < 1_000_000:  # bounded: a flood of fresh channels cannot grow it
-            raw = data["payload"]  # type: ignore[index]
-            self._channels[raw["voucher"]["channelId"]] = (raw["channelConfig"], config, cid, cid_hex)
+        # Bounded like the layouts: anyone can sign vouchers for channels that hold nothing, so
+        # a flood of them must cost a cache refill, not memory.
+        if len(self._channels) >= _CHANNELS_LIMIT:
+            self._channels.clear()
+        raw = data["payload"]  # type: ignore[index]
+        self._channels[raw["voucher"]["channelId"]] = (raw["channelConfig"], config, cid, cid_hex)
         return VerifiedPayment(inner, cid, cid_hex, config, inner.voucher)
 
     def _check_accepted(self, accepted: PaymentRequirements, units: int) -> None:

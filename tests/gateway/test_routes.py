@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.app import create_app
+from gateway.keys import CAPS
 from tests.gateway.serving import serve
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -181,6 +182,11 @@ async def test_graceful_shutdown_drains_in_flight(make_config, model_classifier,
                 return r.status
 
         tasks = [asyncio.create_task(one()) for _ in range(4)]
-        await asyncio.sleep(0.15)  # the requests are in the classifier now
+        caps = app[CAPS]
+        for _ in range(3000):  # until all four are being served (a loaded machine may take a while)
+            if caps.count == 4:
+                break
+            await asyncio.sleep(0.005)
+        assert caps.count == 4, "the four requests never were in flight together"
         await runner.cleanup()  # stops listening, drains, then closes the app
         assert await asyncio.gather(*tasks) == [200, 200, 200, 200]
