@@ -18,8 +18,10 @@ Errors are the spec's codes (`channels.ErrorCode`) in `invalidReason` / `errorRe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,18 +297,9 @@ class Facilitator:
         if not verified:
             await self._network_check(None, requirements)
             await self._verify_deposit(payload, requirements)
-        try:
+        with _tx_errors(ErrorCode.DEPOSIT_SIMULATION_FAILED, ErrorCode.DEPOSIT_TRANSACTION_FAILED,
+                        "payload.deposit", "the deposit would revert ({})"):
             result = await self.chain.deposit(payload)
-        except SimulationFailed as exc:
-            raise PaymentError(
-                ErrorCode.DEPOSIT_SIMULATION_FAILED,
-                "payload.deposit",
-                f"the deposit would revert ({exc.reason})",
-            ) from None
-        except TxFailed as exc:
-            raise PaymentError(
-                ErrorCode.DEPOSIT_TRANSACTION_FAILED, "payload.deposit", str(exc)
-            ) from None
         cid = payload.voucher.channel_id
         state = await self.chain.read_channel(cid, result.block_number)
         if self.store is not None:
@@ -409,18 +402,11 @@ class Facilitator:
                     requirements.chain_id, self.chain.settlement_address, cid, nonce, amount
                 )
             )
-            try:
+            with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED,
+                            ErrorCode.REFUND_TRANSACTION_FAILED, "payload"):
                 result = await self.chain.refund_with_signature(
                     config, amount, nonce, signature, claim_first=claim_first
                 )
-            except SimulationFailed as exc:
-                raise PaymentError(
-                    ErrorCode.REFUND_SIMULATION_FAILED, "payload", exc.reason
-                ) from None
-            except TxFailed as exc:
-                raise PaymentError(
-                    ErrorCode.REFUND_TRANSACTION_FAILED, "payload", str(exc)
-                ) from None
         except PaymentError as err:
             return SettleResponse(
                 False,
@@ -514,16 +500,9 @@ class Facilitator:
         if not claims:
             raise PaymentError(ErrorCode.CLAIM_PAYLOAD, "paymentPayload.payload.claims", "is empty")
         sig = await self._claim_signature(raw.get("claimAuthorizerSignature"), claims, requirements)
-        try:
+        with _tx_errors(ErrorCode.CLAIM_SIMULATION_FAILED, ErrorCode.CLAIM_TRANSACTION_FAILED,
+                        "paymentPayload.payload"):
             result = await self.chain.claim(claims, sig)
-        except SimulationFailed as exc:
-            raise PaymentError(
-                ErrorCode.CLAIM_SIMULATION_FAILED, "paymentPayload.payload", exc.reason
-            ) from None
-        except TxFailed as exc:
-            raise PaymentError(
-                ErrorCode.CLAIM_TRANSACTION_FAILED, "paymentPayload.payload", str(exc)
-            ) from None
         from web3.logs import DISCARD
 
         claimed = sum(
@@ -577,16 +556,9 @@ class Facilitator:
                 "paymentPayload.payload.receiver",
                 "nothing claimed is waiting to be settled",
             )
-        try:
+        with _tx_errors(ErrorCode.SETTLE_SIMULATION_FAILED, ErrorCode.SETTLE_TRANSACTION_FAILED,
+                        "paymentPayload.payload"):
             result = await self.chain.settle(receiver, token)
-        except SimulationFailed as exc:
-            raise PaymentError(
-                ErrorCode.SETTLE_SIMULATION_FAILED, "paymentPayload.payload", exc.reason
-            ) from None
-        except TxFailed as exc:
-            raise PaymentError(
-                ErrorCode.SETTLE_TRANSACTION_FAILED, "paymentPayload.payload", str(exc)
-            ) from None
         return SettleResponse(True, requirements.network, result.tx_hash, amount=claimed - settled)
 
     async def _settle_enriched_refund(
@@ -644,14 +616,10 @@ class Facilitator:
                 "missing, and the channel's receiverAuthorizer is not this facilitator's key",
             )
         before = await self._read(cid)
-        try:
+        with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED, ErrorCode.REFUND_TRANSACTION_FAILED, path):
             result = await self.chain.refund_with_signature(
                 config, amount, nonce, signature, claim_first=claim_first
             )
-        except SimulationFailed as exc:
-            raise PaymentError(ErrorCode.REFUND_SIMULATION_FAILED, path, exc.reason) from None
-        except TxFailed as exc:
-            raise PaymentError(ErrorCode.REFUND_TRANSACTION_FAILED, path, str(exc)) from None
         after = await self.chain.read_channel(cid, result.block_number)
         if self.store is not None and await self.store.get(cid) is not None:
             await self.store.apply_fact(cid, after.fact())
@@ -673,6 +641,20 @@ def _network_of(body: Any) -> str:
         return str(body["paymentRequirements"]["network"])
     except (KeyError, TypeError, ValueError, AttributeError):
         return ""
+
+
+@contextlib.contextmanager
+def _tx_errors(
+    simulation: ErrorCode, failed: ErrorCode, field: str, revert: str = "{}"
+) -> Iterator[None]:
+    """Turn a transaction's failure into the spec's error: ``simulation`` when it would revert
+    (``revert`` formats the reason), ``failed`` when it was sent and did not succeed."""
+    try:
+        yield
+    except SimulationFailed as exc:  # a TxFailed too: caught first
+        raise PaymentError(simulation, field, revert.format(exc.reason)) from None
+    except TxFailed as exc:
+        raise PaymentError(failed, field, str(exc)) from None
 
 
 def _fail(network: str, err: PaymentError) -> dict[str, Any]:
