@@ -46,6 +46,7 @@ __all__ = [
     "EIP712_DOMAIN_TYPE",
     "RECEIPT_DOMAIN_NAME",
     "RECEIPT_DOMAIN_VERSION",
+    "RECEIPT_BATCH_TYPE",
     "RECEIPT_TYPE",
     "RECEIVE_WITH_AUTHORIZATION_TYPE",
     "REFUND_TYPE",
@@ -60,6 +61,8 @@ __all__ = [
     "hash_typed_data",
     "keccak256",
     "receipt_digest",
+    "receipt_hash",
+    "receipt_root",
     "receive_with_authorization_digest",
     "refund_digest",
     "to_address",
@@ -88,6 +91,8 @@ RECEIPT_TYPE = (
     "uint128 chargedAmount,uint128 cumulativeCharged)"
 )
 
+RECEIPT_BATCH_TYPE = "ReceiptBatch(bytes32 root)"
+
 BATCH_SETTLEMENT_DOMAIN_NAME = "x402 Batch Settlement"
 BATCH_SETTLEMENT_DOMAIN_VERSION = "1"
 RECEIPT_DOMAIN_NAME = "paychan Receipt"
@@ -107,6 +112,7 @@ _CLAIM_ENTRY_TYPEHASH = keccak256(CLAIM_ENTRY_TYPE.encode())
 _CLAIM_BATCH_TYPEHASH = keccak256(CLAIM_BATCH_TYPE.encode())
 _RECEIVE_TYPEHASH = keccak256(RECEIVE_WITH_AUTHORIZATION_TYPE.encode())
 _RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+_RECEIPT_BATCH_TYPEHASH = keccak256(RECEIPT_BATCH_TYPE.encode())
 
 _PAD12 = bytes(12)
 _U128_LIMIT = 1 << 128
@@ -312,9 +318,9 @@ def receive_with_authorization_digest(
 # --- our receipts -----------------------------------------------------------------------
 
 
-def receipt_digest(chain_id: int, contract: str | bytes, receipt: Receipt) -> bytes:
-    """Digest of our `Receipt` under {"paychan Receipt", "1", chainId, the settlement contract}."""
-    struct_hash = keccak256(
+def receipt_hash(receipt: Receipt) -> bytes:
+    """EIP-712 ``hashStruct(Receipt)``: the receipt's leaf in a signed batch."""
+    return keccak256(
         _RECEIPT_TYPEHASH
         + _b32(receipt.channel_id, "channelId")
         + _b32(receipt.request_digest, "requestDigest")
@@ -323,5 +329,31 @@ def receipt_digest(chain_id: int, contract: str | bytes, receipt: Receipt) -> by
         + _uint(receipt.charged_amount, _U128_LIMIT, "chargedAmount")
         + _uint(receipt.cumulative_charged, _U128_LIMIT, "cumulativeCharged")
     )
+
+
+def receipt_root(leaf: bytes, proof: Sequence[bytes] = ()) -> bytes:
+    """The Merkle root a receipt's ``proof`` leads to from its ``leaf``.
+
+    Each step hashes the sorted pair, ``keccak256(min(a, b) ‖ max(a, b))``, as OpenZeppelin's
+    ``MerkleProof.verify`` does, so a contract can check a receipt too. No proof: the root
+    is the leaf (a batch of one).
+    """
+    node = leaf
+    for sibling in proof:
+        node = keccak256(node + sibling if node < sibling else sibling + node)
+    return node
+
+
+def receipt_digest(
+    chain_id: int, contract: str | bytes, receipt: Receipt, proof: Sequence[bytes] = ()
+) -> bytes:
+    """The digest the gateway signs for a receipt: EIP-712 ``ReceiptBatch(bytes32 root)``
+    under {"paychan Receipt", "1", chainId, the settlement contract}, where ``root`` is
+    ``receipt_root(receipt_hash(receipt), proof)``. One signature covers every receipt of a
+    batch; each receipt carries its own proof.
+
+        >>> receipt_digest(31337, settlement, receipt, proof)
+    """
+    root = receipt_root(receipt_hash(receipt), proof)
     separator = domain_separator(chain_id, contract, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
-    return hash_typed_data(separator, struct_hash)
+    return hash_typed_data(separator, keccak256(_RECEIPT_BATCH_TYPEHASH + root))

@@ -251,11 +251,12 @@ def verify_deposit_authorization(
 def verify_receipt(
     receipt: SignedReceipt, chain_id: int, contract: str | bytes, signer: str | bytes
 ) -> None:
-    """Check a gateway receipt was signed by `signer` (the receiver authorizer).
+    """Check a gateway receipt was signed by `signer` (the receiver authorizer): the
+    signature over the root its Merkle proof leads to (see `channels.eip712.receipt_digest`).
 
     >>> verify_receipt(response.extra.receipt, 31337, settlement, reqs.extra.receiver_authorizer)
     """
-    digest = receipt_digest(chain_id, contract, receipt.receipt)
+    digest = receipt_digest(chain_id, contract, receipt.receipt, receipt.proof)
     code = ErrorCode.INVALID_PAYLOAD
     got = recover_address(digest, receipt.signature, code=code, field="extra.receipt.signature")
     if got != to_address(signer):

@@ -785,12 +785,18 @@ class Receipt:
     cumulative_charged: int
 
 
+_MAX_PROOF = 32  # a proof of 32 levels covers 2**32 receipts per signature: plenty
+
+
 @dataclass(frozen=True, slots=True)
 class SignedReceipt:
-    """`extra.receipt`: a Receipt and the receiver authorizer's 65-byte signature."""
+    """`extra.receipt`: a Receipt, the Merkle `proof` (bottom-up siblings, 32 bytes each)
+    from its leaf to the root of its batch, and the receiver authorizer's 65-byte signature
+    over that root (`channels.eip712.receipt_digest`). A batch of one has an empty proof."""
 
     receipt: Receipt
     signature: bytes
+    proof: tuple[bytes, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         r = self.receipt
@@ -801,6 +807,7 @@ class SignedReceipt:
             "modelVersion": _hx(r.model_version),
             "chargedAmount": str(r.charged_amount),
             "cumulativeCharged": str(r.cumulative_charged),
+            "proof": [_hx(p) for p in self.proof],
             "signature": _hx(self.signature),
         }
 
@@ -819,7 +826,11 @@ class SignedReceipt:
             _uint(_get(d, "chargedAmount", path, code), path + ".chargedAmount", code),
             _uint(_get(d, "cumulativeCharged", path, code), path + ".cumulativeCharged", code),
         )
-        return cls(receipt, _hex(_get(d, "signature", path, code), path + ".signature", code, 65))
+        raw_proof = d.get("proof", [])
+        if type(raw_proof) is not list or len(raw_proof) > _MAX_PROOF:
+            raise _fail(code, path + ".proof", f"must be a list of at most {_MAX_PROOF} 32-byte hex strings")
+        proof = tuple(_hex(p, f"{path}.proof[{i}]", code, 32) for i, p in enumerate(raw_proof))
+        return cls(receipt, _hex(_get(d, "signature", path, code), path + ".signature", code, 65), proof)
 
 
 @dataclass(frozen=True, slots=True)

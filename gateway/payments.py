@@ -486,7 +486,10 @@ class PaymentGate:
         built: list[str] = []
 
         def answer(_state: Any, charge: Any) -> bytes:
-            header = self._payment_response(hold, charge, request_body, body, version)
+            # Built inside the store's atomic commit, so its receipt is signed alone, now.
+            receipt = self.receipts.sign(payment.channel_id, request_body, body, version, hold.amount,
+                                         charge.cumulative)
+            header = self._payment_response(hold, charge, receipt)
             built.append(header)
             return json.dumps({
                 "status": response.status, "contentType": response.content_type,
@@ -496,7 +499,9 @@ class PaymentGate:
         try:
             if hold.idempotency_key is None:
                 charge = await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time())
-                header = self._payment_response(hold, charge, request_body, body, version)
+                receipt = await self.receipts.sign_batched(payment.channel_id, request_body, body, version,
+                                                           hold.amount, charge.cumulative)
+                header = self._payment_response(hold, charge, receipt)
             else:
                 await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                         idempotency_key=hold.idempotency_key, response=answer)
@@ -511,12 +516,11 @@ class PaymentGate:
         response.headers["Access-Control-Expose-Headers"] = _EXPOSE
         return response
 
-    def _payment_response(self, hold: Hold, charge: Any, request_body: bytes, body: bytes, version: bytes) -> str:
-        """The base64 ``PAYMENT-RESPONSE`` for a committed charge, with our signed receipt."""
+    def _payment_response(self, hold: Hold, charge: Any, receipt: str) -> str:
+        """The base64 ``PAYMENT-RESPONSE`` for a committed charge, with our signed ``receipt``."""
         payment = hold.payment
         state = charge.channel_state
         cumulative = charge.cumulative
-        receipt = self.receipts.sign(payment.channel_id, request_body, body, version, hold.amount, cumulative)
         payer = self._payer_json.get(payment.config.payer)
         if payer is None:
             payer = self._payer_json[payment.config.payer] = checksum_address(payment.config.payer)

@@ -1,22 +1,29 @@
-"""Our signed EIP-712 receipt for every paid answer (``PAYMENT-RESPONSE`` ``extra.receipt``).
+"""Our signed EIP-712 receipts for paid answers (``PAYMENT-RESPONSE`` ``extra.receipt``).
 
 A receipt binds the channel, what was asked (``requestDigest`` = sha256 of the request
 body), what was answered (``resultDigest`` = sha256 of the response body), the model version
 that answered (its 32-byte content hash), the charge and the channel's cumulative charge.
-The receiver-authorizer key signs it under the domain
-``{name: "paychan Receipt", version: "1", chainId, verifyingContract: settlement}``::
+Its leaf is EIP-712 ``hashStruct(Receipt)``. The receiver-authorizer key signs
+``ReceiptBatch(bytes32 root)``, the Merkle root over the leaves of every receipt answered in
+the same event-loop tick, under the domain ``{name: "paychan Receipt", version: "1",
+chainId, verifyingContract: settlement}``; each receipt carries its proof (sorted-pair
+keccak, as OpenZeppelin's ``MerkleProof``). Under load one signature serves dozens of
+answers; alone, a receipt is a batch of one with an empty proof::
 
     signer = ReceiptSigner(key, chain_id=31337, settlement=CANONICAL_SETTLEMENT)
-    receipt_json = signer.sign(channel_id, request_body, response_body, version, 1000, 5000)
+    receipt_json = await signer.sign_batched(channel_id, request_body, response_body, version, 1000, 5000)
+    receipt_json = signer.sign(channel_id, request_body, response_body, version, 1000, 5000)  # now, alone
 
 A payer checks it with ``channels.verify.verify_receipt``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from channels.eip712 import (
+    RECEIPT_BATCH_TYPE,
     RECEIPT_DOMAIN_NAME,
     RECEIPT_DOMAIN_VERSION,
     RECEIPT_TYPE,
@@ -25,8 +32,9 @@ from channels.eip712 import (
 )
 from channels.signing import Signer
 
-# Precomputed once: the type hash, and (per signer) "\x19\x01" ++ the domain separator.
+# Precomputed once: the type hashes, and (per signer) "\x19\x01" ++ the domain separator.
 _RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+_BATCH_TYPEHASH = keccak256(RECEIPT_BATCH_TYPE.encode())
 _PAD16 = bytes(16)
 
 __all__ = ["ReceiptSigner", "request_digest", "result_digest"]
@@ -43,17 +51,24 @@ def result_digest(body: bytes) -> bytes:
 
 
 class ReceiptSigner:
-    """Signs receipts with the receiver-authorizer key; ``sign`` returns the receipt JSON text."""
+    """Signs receipts with the receiver-authorizer key; returns each receipt's JSON text.
 
-    __slots__ = ("_prefix", "_signer", "address", "chain_id", "settlement")
+    ``max_batch`` bounds a batch (and so a proof to ``ceil(log2(max_batch))`` hashes).
+    """
 
-    def __init__(self, signer: Signer, *, chain_id: int, settlement: str) -> None:
+    __slots__ = ("_pending", "_prefix", "_signer", "address", "chain_id", "max_batch", "settlement")
+
+    def __init__(self, signer: Signer, *, chain_id: int, settlement: str, max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._signer = signer
         self.chain_id = chain_id
         self.settlement = settlement
         self.address = signer.address
+        self.max_batch = max_batch
         separator = domain_separator(chain_id, settlement, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
         self._prefix = b"\x19\x01" + separator
+        self._pending: list[tuple[bytes, asyncio.Future[str]]] = []
 
     def sign(
         self,
@@ -64,25 +79,108 @@ class ReceiptSigner:
         charged: int,
         cumulative: int,
     ) -> str:
-        """The signed receipt as a compact JSON object (text, ready to splice into a header).
+        """The receipt signed now, alone (a batch of one: empty proof)."""
+        leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
+        return f'{head}"proof":[],"signature":"0x{self._sign_root(leaf).hex()}"}}'
 
-        The digest is ``channels.eip712.receipt_digest`` packed inline (the words are already
-        32 bytes; amounts are uint128, so ``to_bytes(16)`` refuses anything larger).
+    async def sign_batched(
+        self,
+        channel_id: bytes,
+        request_body: bytes,
+        response_body: bytes,
+        model_version: bytes,
+        charged: int,
+        cumulative: int,
+    ) -> str:
+        """The receipt, signed together with every other receipt asked for in this tick.
+
+        The batch is signed by a callback scheduled on the loop (after the callbacks that are
+        ready now), or at once when it reaches ``max_batch``: no answer waits for later work.
         """
+        leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        pending = self._pending
+        pending.append((leaf, fut))
+        if len(pending) == 1:
+            loop.call_soon(self._flush)
+        elif len(pending) >= self.max_batch:
+            self._flush()
+        return head + await fut
+
+    def _leaf(
+        self,
+        channel_id: bytes,
+        request_body: bytes,
+        response_body: bytes,
+        model_version: bytes,
+        charged: int,
+        cumulative: int,
+    ) -> tuple[bytes, str]:
+        """The leaf (``hashStruct(Receipt)``, packed inline: the words are already 32 bytes;
+        amounts are uint128, so ``to_bytes(16)`` refuses anything larger) and the receipt's
+        JSON up to its proof."""
         req = hashlib.sha256(request_body).digest()
         res = hashlib.sha256(response_body).digest()
         if len(channel_id) != 32 or len(model_version) != 32:
             raise ValueError("channel_id and model_version must be 32 bytes")
-        struct_hash = keccak256(
+        leaf = keccak256(
             _RECEIPT_TYPEHASH + channel_id + req + res + model_version
             + _PAD16 + charged.to_bytes(16, "big") + _PAD16 + cumulative.to_bytes(16, "big")
         )
-        signature = self._signer.sign_digest(keccak256(self._prefix + struct_hash))
         # Hand-formatted: every value is hex or decimal, so no escaping is ever needed, and this
         # is several microseconds cheaper than building a dict and json.dumps on every request.
-        return (
+        head = (
             f'{{"channelId":"0x{channel_id.hex()}","requestDigest":"0x{req.hex()}",'
             f'"resultDigest":"0x{res.hex()}","modelVersion":"0x{model_version.hex()}",'
             f'"chargedAmount":"{charged}","cumulativeCharged":"{cumulative}",'
-            f'"signature":"0x{signature.hex()}"}}'
         )
+        return leaf, head
+
+    def _sign_root(self, root: bytes) -> bytes:
+        return self._signer.sign_digest(keccak256(self._prefix + keccak256(_BATCH_TYPEHASH + root)))
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            root, proofs = _merkle([leaf for leaf, _ in batch])
+            tail = f'"signature":"0x{self._sign_root(root).hex()}"}}'
+        except BaseException as exc:  # noqa: BLE001 - every waiter learns why
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        for (_, fut), proof in zip(batch, proofs):
+            if not fut.done():  # its request may have been cancelled meanwhile
+                fut.set_result(f'"proof":[{proof}],{tail}')
+
+
+def _merkle(leaves: list[bytes]) -> tuple[bytes, list[str]]:
+    """The root over ``leaves`` and each leaf's proof as JSON list items (``"0x..","0x.."``).
+
+    Pairs hash sorted (``keccak256(min ‖ max)``); an odd node out is carried up unchanged, so
+    its proof has no entry for that level.
+    """
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        parents = []
+        for j in range(0, len(level) - 1, 2):
+            a, b = level[j], level[j + 1]
+            parents.append(keccak256(a + b if a < b else b + a))
+        if len(level) % 2:
+            parents.append(level[-1])
+        levels.append(parents)
+    texts = [[f'"0x{node.hex()}"' for node in level] for level in levels[:-1]]
+    proofs = []
+    for i in range(len(leaves)):
+        items, pos = [], i
+        for level in texts:
+            sibling = pos ^ 1
+            if sibling < len(level):
+                items.append(level[sibling])
+            pos >>= 1
+        proofs.append(",".join(items))
+    return levels[-1][0], proofs

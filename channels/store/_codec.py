@@ -38,7 +38,9 @@ class IdempotencyRecord:
         return self.response is not None
 
 
-def encode_state(s: ChannelState) -> bytes:
+def encode_state(s: ChannelState, *, reservations: bool = True) -> bytes:
+    """The state as compact JSON; ``reservations=False`` leaves the requests in flight out
+    (a store owned by one process: after a restart nothing is in flight, see SqliteStore)."""
     d: dict[str, Any] = {
         "id": s.channel_id.hex(),
         "b": str(s.balance),
@@ -51,7 +53,7 @@ def encode_state(s: ChannelState) -> bytes:
         "r": [
             [r.request_id, str(r.amount), str(r.ceiling), r.expires_at, str(r.deposit_amount)]
             for r in s.reservations
-        ],
+        ] if reservations else [],
         "us": s.unclaimed_since,
         "wd": s.withdraw_delay,
         "cfg": s.config.to_json() if s.config is not None else None,

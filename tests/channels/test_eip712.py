@@ -193,8 +193,11 @@ def test_receive_with_authorization_equals_eth_account(
     ids=st.tuples(bytes32, bytes32, bytes32, bytes32),
     charged=u128,
     cumulative=u128,
+    proof=st.lists(bytes32, max_size=6),
 )
-def test_receipt_digest_equals_eth_account(chain_id, contract, ids, charged, cumulative):
+def test_receipt_digest_equals_eth_account(chain_id, contract, ids, charged, cumulative, proof):
+    """The leaf is eth-account's hashStruct(Receipt); the signed digest is eth-account's
+    ReceiptBatch(root) digest, root = the sorted-pair Merkle fold of the proof (OpenZeppelin)."""
     receipt = Receipt(*ids, charged, cumulative)
     message = {
         "channelId": ids[0],
@@ -204,10 +207,22 @@ def test_receipt_digest_equals_eth_account(chain_id, contract, ids, charged, cum
         "chargedAmount": charged,
         "cumulativeCharged": cumulative,
     }
+    domain = {"name": "paychan Receipt", "version": "1", "chainId": chain_id,
+              "verifyingContract": channels.checksum_address(contract)}
+    leaf = encode_typed_data(full_message={
+        "types": {"EIP712Domain": _DOMAIN_FIELDS, **RECEIPT_TYPES}, "primaryType": "Receipt",
+        "domain": domain, "message": message,
+    }).body
+    assert channels.receipt_hash(receipt) == leaf
+    root = leaf
+    for sibling in proof:
+        root = keccak(b"".join(sorted((root, sibling))))
     expected = reference_digest(
-        chain_id, contract, RECEIPT_TYPES, "Receipt", message, "paychan Receipt", "1"
+        chain_id, contract, {"ReceiptBatch": [{"name": "root", "type": "bytes32"}]}, "ReceiptBatch",
+        {"root": root}, "paychan Receipt", "1",
     )
-    assert channels.receipt_digest(chain_id, contract, receipt) == expected
+    assert channels.receipt_root(leaf, proof) == root
+    assert channels.receipt_digest(chain_id, contract, receipt, proof) == expected
 
 
 @settings(max_examples=40, deadline=None)
