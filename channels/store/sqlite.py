@@ -1,10 +1,14 @@
 """SQLite store: the default, for one gateway process.
 
 The process's channel states live in memory (authoritative: one process owns the file) and
-every change is written through to SQLite by ONE writer thread that group-commits: all writes
-queued while a transaction is being fsynced go into the next transaction. So the event loop
-never blocks on the disk (a transition costs a dict update and a queue put) and under load
-one fsync covers many requests. WAL + synchronous=FULL: when `commit()` returns, the charge,
+every change is written through to SQLite by ONE writer thread that group-commits. The event
+loop gathers the writes: those made in one loop tick, and all those made while the writer
+is busy with the previous transaction, go to the writer together as the next transaction.
+So the event loop never blocks on the disk (a transition costs a dict update and a list
+append), under load one fsync covers many requests, and the writer wakes, and takes the GIL,
+once per transaction rather than once per request: each take stalls the event loop thread
+for a context switch, which cost more than the transition itself. A lone request is
+committed at once, with no added delay. WAL + synchronous=FULL: when `commit()` returns, the charge,
 the voucher that covers it and the Idempotency-Key answer are on disk. `accept`, `release` and
 `expire` only mark the channel dirty (they charge nothing, so losing them in a crash loses no
 money): its next commit, `flush()` or `close()` writes the whole channel state.
@@ -12,12 +16,6 @@ money): its next commit, `flush()` or `close()` writes the whole channel state.
 Requests in flight (reservations) are not written: one process owns the file, so after a
 restart nothing is in flight, and holds restored from disk would only block the channel's
 headroom (CHANNEL_BUSY) until they expired. The voucher that covers every charge is written.
-
-Under concurrent load the writer waits ``_GATHER_S`` (1 ms) after the first write of a
-transaction when the previous transaction carried several: more commits share one fsync,
-and, above all, the writer wakes and takes the GIL once per group instead of once per
-request (each take stalls the event loop thread for a context switch). A lone request
-(previous transaction of one write) is committed at once.
 
     >>> store = await SqliteStore.open("ledger.sqlite3", chain_id=31337, contract=settlement)
     >>> await store.commit(cid, "req-1", 1000, now)   # returns after the fsync
@@ -40,8 +38,6 @@ from ._codec import decode_idem, decode_state, encode_idem, encode_state
 from .memory import MemoryStore, Write
 
 __all__ = ["SqliteStore"]
-
-_GATHER_S = 0.001  # see the module doc: the group-commit window under concurrent load
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -78,6 +74,11 @@ class SqliteStore(MemoryStore):
         self.path = Path(path)
         self._ns = f"{chain_id}:{self.contract}"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Gathered on the event loop (see the module doc): the writes not yet handed to the
+        # writer thread, whether the writer holds a transaction, whether a hand-over is due.
+        self._gathered: list[tuple[list[Write], asyncio.Future[None]]] = []
+        self._writing = False
+        self._handover_due = False
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
         self.transactions = 0  # fsynced transactions so far (group-commit efficiency)
@@ -134,8 +135,28 @@ class SqliteStore(MemoryStore):
             raise RuntimeError("SqliteStore is not open: use `await SqliteStore.open(path, ...)`")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._queue.put((writes, loop, fut))
+        self._gathered.append((writes, fut))
+        if not self._writing and not self._handover_due:
+            self._handover_due = True
+            loop.call_soon(self._hand_over, loop)  # after this tick's other writes
         return fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: give every gathered write to the writer as one transaction."""
+        self._handover_due = False
+        if self._writing or not self._gathered:
+            return
+        group, self._gathered = self._gathered, []
+        self._writing = True
+        self._queue.put((group, loop))
+
+    def _written(self, loop: asyncio.AbstractEventLoop, group: list[tuple[list[Write], asyncio.Future[None]]],
+                 exc: BaseException | None) -> None:
+        """On the loop: a transaction is durable (or failed); hand over what gathered meanwhile."""
+        self._writing = False
+        _settle([fut for _, fut in group], exc)
+        if self._gathered:
+            self._hand_over(loop)
 
     async def _wait(self, token: Any) -> None:
         if token is not None:
@@ -188,24 +209,11 @@ class SqliteStore(MemoryStore):
     def _run(self) -> None:
         conn = self._connect()
         try:
-            stop, grouped = False, False
-            while not stop:
-                batch = [self._queue.get()]
-                if grouped:
-                    time.sleep(_GATHER_S)
-                while True:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                items = [b for b in batch if b is not None]
-                stop = len(items) != len(batch)
-                grouped = len(items) > 1
-                if not items:
-                    continue
+            while (item := self._queue.get()) is not None:
+                group, loop = item
                 exc: BaseException | None = None
                 try:
-                    statements = self._statements([w for writes, _, _ in items for w in writes])
+                    statements = self._statements([w for writes, _ in group for w in writes])
                     if statements:
                         self._commit(conn, statements)
                         self.transactions += 1
@@ -216,17 +224,10 @@ class SqliteStore(MemoryStore):
                             conn.execute("ROLLBACK")
                         except sqlite3.Error:
                             pass
-                # One wake-up per event loop for the whole transaction, not one per waiter:
-                # each call_soon_threadsafe writes the loop's self-pipe (a syscall and a
-                # context switch), which under load cost more than the transition itself.
-                waiters: dict[Any, list[asyncio.Future[None]]] = {}
-                for _, loop, fut in items:
-                    waiters.setdefault(loop, []).append(fut)
-                for loop, futs in waiters.items():
-                    try:
-                        loop.call_soon_threadsafe(_settle, futs, exc)
-                    except RuntimeError:  # that loop is closed: nobody waits any more
-                        pass
+                try:
+                    loop.call_soon_threadsafe(self._written, loop, group, exc)
+                except RuntimeError:  # that loop is closed: nobody waits any more
+                    self._writing = False
         finally:
             conn.close()
 
@@ -242,6 +243,8 @@ class SqliteStore(MemoryStore):
         if self._thread is None:
             return
         await self.flush()
+        while self._writing or self._gathered:  # written meanwhile by other tasks
+            await self._write([])
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
