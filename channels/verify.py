@@ -46,13 +46,14 @@ _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 # Big-endian, equal length: comparing the bytes compares the numbers.
 _HALF_N = (_N // 2).to_bytes(32, "big")
 _ZERO32 = bytes(32)
-_RECID = {27: b"\x00", 28: b"\x01"}
-_recover = PublicKey.from_signature_and_message
+_RECID = {27: 0, 28: 1}
 
-try:  # coincurve's cffi handle: reads a recovered point's 64 bytes without serializing it
-    from coincurve._libsecp256k1 import ffi as _ffi
-except ImportError:  # pragma: no cover - then every check derives the address
-    _ffi = None
+# libsecp256k1 through coincurve's own cffi binding: the recovery without coincurve's Python
+# wrapper objects, and a recovered point's 64 bytes read without serializing it.
+from coincurve._libsecp256k1 import ffi as _ffi, lib as _lib  # noqa: E402
+from coincurve.context import GLOBAL_CONTEXT as _CONTEXT  # noqa: E402
+
+_CTX = _CONTEXT.ctx
 
 # payerAuthorizer (20 bytes) -> its public point as libsecp256k1 holds it (64 bytes). Equal
 # internal bytes mean the same point within this process, so a voucher from a known
@@ -61,7 +62,9 @@ _KNOWN_POINTS: dict[bytes, bytes] = {}
 _KNOWN_POINTS_LIMIT = 65_536
 
 
-def _recover_public(digest: bytes, signature: bytes, code: ErrorCode, field: str | None) -> Any:
+def _recover_point(digest: bytes, signature: bytes, code: ErrorCode, field: str | None) -> Any:
+    """The public point (a ``secp256k1_pubkey *``) that signed ``digest``; PaymentError(code,
+    field) for a malformed or non-canonical signature."""
     if len(signature) != 65:
         raise PaymentError(code, field, f"must be 65 bytes r||s||v, got {len(signature)}")
     recid = _RECID.get(signature[64])
@@ -72,14 +75,20 @@ def _recover_public(digest: bytes, signature: bytes, code: ErrorCode, field: str
         raise PaymentError(code, field, "s is in the upper half of the curve order (malleable)")
     if s == _ZERO32 or signature[:32] == _ZERO32:
         raise PaymentError(code, field, "r and s must be non-zero")
-    try:
-        return _recover(signature[:64] + recid, digest, hasher=None)
-    except ValueError:  # r >= n, or no point for r: nothing recovers
-        raise PaymentError(code, field, "does not recover to any public key") from None
+    if len(digest) != 32:
+        raise ValueError(f"digest must be 32 bytes, got {len(digest)}")
+    parsed = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    point = _ffi.new("secp256k1_pubkey *")
+    if not (
+        _lib.secp256k1_ecdsa_recoverable_signature_parse_compact(_CTX, parsed, signature, recid)
+        and _lib.secp256k1_ecdsa_recover(_CTX, point, parsed, digest)
+    ):  # r >= n, or no curve point for r: nothing recovers
+        raise PaymentError(code, field, "does not recover to any public key")
+    return point
 
 
-def _address_of(public: Any) -> bytes:
-    return keccak256(public.format(compressed=False)[1:])[12:]
+def _address_of(point: Any) -> bytes:
+    return keccak256(PublicKey(point).format(compressed=False)[1:])[12:]
 
 
 def recover_address(
@@ -94,7 +103,7 @@ def recover_address(
     >>> recover_address(digest, sig65) == signer.address_bytes
     True
     """
-    return _address_of(_recover_public(digest, signature, code, field))
+    return _address_of(_recover_point(digest, signature, code, field))
 
 
 def signed_by(digest: bytes, signature: bytes, expected: bytes, field: str) -> bytes | None:
@@ -106,18 +115,16 @@ def signed_by(digest: bytes, signature: bytes, expected: bytes, field: str) -> b
         >>> signed_by(digest, sig65, config.payer_authorizer, "payload.voucher.signature")
         None
     """
-    public = _recover_public(digest, signature, ErrorCode.VOUCHER_SIGNATURE, field)
-    if _ffi is not None:
-        point = _ffi.buffer(public.public_key, 64)[:]
-        if _KNOWN_POINTS.get(expected) == point:
-            return None
-    signer = _address_of(public)
+    recovered = _recover_point(digest, signature, ErrorCode.VOUCHER_SIGNATURE, field)
+    point = _ffi.buffer(recovered, 64)[:]
+    if _KNOWN_POINTS.get(expected) == point:
+        return None
+    signer = _address_of(recovered)
     if signer != expected:
         return signer
-    if _ffi is not None:
-        if len(_KNOWN_POINTS) >= _KNOWN_POINTS_LIMIT:
-            _KNOWN_POINTS.clear()
-        _KNOWN_POINTS[expected] = point
+    if len(_KNOWN_POINTS) >= _KNOWN_POINTS_LIMIT:
+        _KNOWN_POINTS.clear()
+    _KNOWN_POINTS[expected] = point
     return None
 
 
