@@ -16,6 +16,7 @@ facilitator the gate uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +30,7 @@ from gateway.keys import (
     CAPS,
     CLASSIFIER,
     CONFIG,
+    DEADLINES,
     METRICS,
     PAYMENTS,
     SAMPLE_LIMITER,
@@ -38,7 +40,7 @@ from gateway.keys import (
     STORE,
     GatewayState,
 )
-from gateway.limits import InFlightCaps, RateLimiter
+from gateway.limits import Deadlines, InFlightCaps, RateLimiter
 from gateway.metrics import Gauge, GatewayMetrics
 from gateway.routes import routes
 from gateway.samples import SampleStore
@@ -81,6 +83,8 @@ def create_app(
     caps = app[CAPS] = InFlightCaps(per_channel=config.max_in_flight_per_channel, total=config.max_in_flight)
     app[METRICS].add(Gauge("paychan_in_flight_requests", "Classification requests being served now.",
                            read=lambda: caps.count))
+    app[DEADLINES] = Deadlines()
+    app.cleanup_ctx.append(_deadlines_ctx)
     app[SAMPLES] = SampleStore(config.samples_dir)
     app[SAMPLE_LIMITER] = RateLimiter(config.samples_per_minute)
     app[STORE] = None
@@ -99,6 +103,15 @@ def create_app(
             app.cleanup_ctx.append(_chain_sync_ctx)
     app.on_shutdown.append(_drain)
     return app
+
+
+async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sweep that answers 503 ``timeout`` for classifications past ``request_timeout_s``."""
+    sweep = asyncio.create_task(app[DEADLINES].run(), name="paychan-deadlines")
+    yield
+    sweep.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweep
 
 
 def _classifier_ctx(shared: Any | None):

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.limits import InFlightCaps, RateLimiter
+from gateway.limits import Deadlines, InFlightCaps, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.samples import SampleStore
 
@@ -21,6 +21,7 @@ __all__ = [
     "CAPS",
     "CLASSIFIER",
     "CONFIG",
+    "DEADLINES",
     "DEPOSIT",
     "METRICS",
     "MODEL_VERSION_HASH",
@@ -52,6 +53,7 @@ CONFIG = web.AppKey("config", GatewayConfig)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 STATE = web.AppKey("state", GatewayState)
 CAPS = web.AppKey("caps", InFlightCaps)
+DEADLINES = web.AppKey("deadlines", Deadlines)
 SAMPLES = web.AppKey("samples", SampleStore)
 SAMPLE_LIMITER = web.AppKey("sample_limiter", RateLimiter)
 # Set by cleanup contexts; typed Any until the owning packages' types are imported lazily.

@@ -1,4 +1,5 @@
-"""Admission limits: per-channel in-flight caps, a global in-flight cap, and rate limits.
+"""Admission limits: per-channel in-flight caps, a global in-flight cap, rate limits, and
+the deadline every classification must meet.
 
 All of them are plain counters in the event loop (one gateway process); none does I/O::
 
@@ -13,10 +14,11 @@ All of them are plain counters in the event loop (one gateway process); none doe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
-__all__ = ["InFlightCaps", "RateLimiter", "Rejection"]
+__all__ = ["Deadlines", "InFlightCaps", "RateLimiter", "Rejection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +93,60 @@ class RateLimiter:
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
+
+
+class Deadlines:
+    """Cancels requests that run past their deadline: one sweep every ``tick_s`` for all of
+    them, where ``asyncio.timeout`` would schedule and cancel a timer per request (a few
+    microseconds each, on every request, for a rare event). A deadline is met to ``tick_s``::
+
+        task = deadlines.enter(loop.time() + 30.0)
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError:
+            if deadlines.expired(task):   # the sweep cancelled it: answer 503, not a cancel
+                ...
+            raise
+        finally:
+            deadlines.leave(task)
+
+    ``run()`` is the sweep (a task for the app's lifetime).
+    """
+
+    __slots__ = ("_expired", "_running", "tick_s")
+
+    def __init__(self, tick_s: float = 0.25) -> None:
+        self.tick_s = tick_s
+        self._running: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+
+    def enter(self, deadline: float) -> asyncio.Task[object]:
+        """Watch the current task until ``deadline`` (the loop's clock); returns the task."""
+        task = asyncio.current_task()
+        assert task is not None, "Deadlines.enter() runs inside a task"
+        self._running[task] = deadline
+        return task
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._running.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task[object]) -> bool:
+        """True when the sweep cancelled ``task``; takes that cancellation back (``uncancel``),
+        so the caller answers instead of propagating it."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            late = [task for task, deadline in self._running.items() if deadline <= now]
+            for task in late:
+                del self._running[task]
+                self._expired.add(task)
+                task.cancel()

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import api_error
-from gateway.keys import CAPS, CONFIG, METRICS, PAYMENTS, STATE
+from gateway.keys import CAPS, CONFIG, DEADLINES, METRICS, PAYMENTS, STATE
 from gateway.uploads import UploadError, check_content_length
 
 __all__ = [
@@ -73,6 +73,23 @@ def client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+async def _within_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler, answered 503 ``timeout`` past ``request_timeout_s`` (a held price is then
+    released by the caller: nothing is charged)."""
+    app = request.app
+    deadlines = app[DEADLINES]
+    task = deadlines.enter(asyncio.get_running_loop().time() + app[CONFIG].request_timeout_s)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if deadlines.expired(task):
+            raise api_error(503, "timeout", "the classifier did not answer in time; retry",
+                            retry_after=app[CONFIG].retry_after_s) from None
+        raise
+    finally:
+        deadlines.leave(task)
+
+
 @web.middleware
 async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     pricer: Pricer | None = getattr(request.match_info.handler, "__paid__", None)
@@ -103,7 +120,7 @@ async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise api_error(429, "overloaded", "too many requests in flight",
                             retry_after=config.retry_after_s)
         try:
-            return await handler(request)
+            return await _within_deadline(request, handler)
         finally:
             caps.leave(None)
 
@@ -131,11 +148,7 @@ async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return hold
         response: web.StreamResponse | None = None
         try:
-            async with asyncio.timeout(config.request_timeout_s):
-                response = await handler(request)
-        except TimeoutError:
-            raise api_error(503, "timeout", "the classifier did not answer in time; retry",
-                            retry_after=config.retry_after_s) from None
+            response = await _within_deadline(request, handler)
         finally:
             if response is None or response.status >= 400 or not isinstance(response, web.Response):
                 await gate.release(hold)

@@ -65,3 +65,41 @@ async def test_sample_store_is_durable_and_deduplicated(tmp_path: Path) -> None:
     assert [json.loads(line)["label"] for line in lines] == [281, 7]
     assert store.count() == 2
     assert not list((tmp_path / "samples").rglob("*.tmp"))
+
+
+async def test_deadlines_cancel_only_late_requests_and_tell_them_apart() -> None:
+    import asyncio
+
+    from gateway.limits import Deadlines
+
+    deadlines = Deadlines(tick_s=0.01)
+    sweep = asyncio.create_task(deadlines.run())
+    loop = asyncio.get_running_loop()
+
+    async def request(work_s: float, budget_s: float) -> str:
+        task = deadlines.enter(loop.time() + budget_s)
+        try:
+            await asyncio.sleep(work_s)
+            return "answered"
+        except asyncio.CancelledError:
+            if deadlines.expired(task):
+                return "timeout"
+            raise
+        finally:
+            deadlines.leave(task)
+
+    try:
+        late, on_time = await asyncio.gather(request(5.0, 0.05), request(0.01, 5.0))
+        assert (late, on_time) == ("timeout", "answered")
+        # a cancellation that is not the sweep's (a client gone, shutdown) still propagates
+        other = asyncio.create_task(request(5.0, 5.0))
+        await asyncio.sleep(0.02)
+        other.cancel()
+        try:
+            await other
+        except asyncio.CancelledError:
+            pass
+        assert other.cancelled()
+        assert not deadlines._running and not deadlines._expired  # nothing left behind
+    finally:
+        sweep.cancel()
