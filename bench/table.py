@@ -182,7 +182,7 @@ def _gateway(d: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     total = _get(d, "payment_path_in_process", "total_without_http")
     if total is not None:
         yield (
-            "payment path in process (verify, ledger, receipt), no HTTP",
+            "payment path in process (verify, ledger, receipt signed in batches of 32), no HTTP",
             f"{_n(total['us'])} µs = {_n(total['recovers'])} recovers",
             "-",
         )
