@@ -132,13 +132,13 @@ class Deadlines:
         self._expired.discard(task)
 
     def expired(self, task: asyncio.Task[object]) -> bool:
-        """True when the sweep cancelled ``task``; takes that cancellation back (``uncancel``),
-        so the caller answers instead of propagating it."""
+        """True when the sweep cancelled ``task`` and nothing else did: that cancellation is
+        taken back (``uncancel``), so the caller answers instead of propagating it. When
+        someone else cancelled it too (shutdown), False: the cancellation goes on."""
         if task not in self._expired:
             return False
         self._expired.discard(task)
-        task.uncancel()
-        return True
+        return task.uncancel() == 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,8 @@ many units it costs. For such a route the middleware
    binding, voucher signature, deposit authorization),
 5. admits it under the per-channel and global in-flight caps (429 + Retry-After),
 6. reserves the price (an ``Idempotency-Key`` seen before replays its stored answer; a
-   deposit payload's deposit is submitted on-chain here), runs the handler, then commits
+   deposit payload's deposit is submitted on-chain here), runs the handler (503 ``timeout``
+   past ``request_timeout_s``, see ``gateway.limits.Deadlines``), then commits
    the charge and adds ``PAYMENT-RESPONSE`` with the signed receipt; on any failure the
    reservation is released and nothing is charged.
 

@@ -42,11 +42,14 @@ class MemoryStore(Store):
     _persists = False
 
     def _write(self, writes: list[Write]) -> Any:
-        """Queue writes; returns an awaitable that resolves when they are durable (or None)."""
+        """Queue writes; returns an awaitable that resolves when they are durable (None: at
+        once; awaiting nothing keeps a commit of this store free of any suspension)."""
         return None
 
-    async def _wait(self, token: Any) -> None:
-        return None
+    @staticmethod
+    async def _durable(token: Any) -> None:
+        if token is not None:
+            await token
 
     # Store -----------------------------------------------------------------------------------
 
@@ -75,7 +78,7 @@ class MemoryStore(Store):
                     writes.append(("idem", channel_id, idem.key, None))
         token = self._write(writes) if writes else None
         if durable and token is not None:
-            await self._wait(token)
+            await token
         return result
 
     async def get(self, channel_id: bytes) -> ChannelState | None:
@@ -115,7 +118,7 @@ class MemoryStore(Store):
 
     async def kv_put(self, namespace: str, key: str, value: bytes) -> None:
         self._kv[(namespace, key)] = bytes(value)
-        await self._wait(self._write([("kv", namespace, key, bytes(value))]))
+        await self._durable(self._write([("kv", namespace, key, bytes(value))]))
 
     async def kv_cas(
         self, namespace: str, key: str, expected: bytes | None, value: bytes | None
@@ -126,12 +129,12 @@ class MemoryStore(Store):
             self._kv.pop((namespace, key), None)
         else:
             self._kv[(namespace, key)] = bytes(value)
-        await self._wait(self._write([("kv", namespace, key, value)]))
+        await self._durable(self._write([("kv", namespace, key, value)]))
         return True
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         if self._kv.pop((namespace, key), None) is not None:
-            await self._wait(self._write([("kv", namespace, key, None)]))
+            await self._durable(self._write([("kv", namespace, key, None)]))
 
     async def kv_items(self, namespace: str) -> dict[str, bytes]:
         return {k: v for (ns, k), v in self._kv.items() if ns == namespace}

@@ -52,16 +52,6 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
-def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    for fut in futs:
-        if fut.done():
-            continue
-        if exc is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(exc)
-
-
 class SqliteStore(MemoryStore):
     """A MemoryStore whose every change is durable in a SQLite file (see the module doc)."""
 
@@ -75,8 +65,10 @@ class SqliteStore(MemoryStore):
         self._ns = f"{chain_id}:{self.contract}"
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Gathered on the event loop (see the module doc): the writes not yet handed to the
-        # writer thread, whether the writer holds a transaction, whether a hand-over is due.
-        self._gathered: list[tuple[list[Write], asyncio.Future[None]]] = []
+        # writer thread and the one future their writers wait on, whether the writer holds a
+        # transaction, whether a hand-over is due.
+        self._gathered: list[list[Write]] = []
+        self._gathered_done: asyncio.Future[None] | None = None
         self._writing = False
         self._handover_due = False
         self._thread: threading.Thread | None = None
@@ -133,12 +125,14 @@ class SqliteStore(MemoryStore):
             raise RuntimeError(f"the SQLite writer of {self.path} failed: {self._failed!r}")
         if self._thread is None:
             raise RuntimeError("SqliteStore is not open: use `await SqliteStore.open(path, ...)`")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._gathered.append((writes, fut))
-        if not self._writing and not self._handover_due:
-            self._handover_due = True
-            loop.call_soon(self._hand_over, loop)  # after this tick's other writes
+        fut = self._gathered_done
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._gathered_done = loop.create_future()
+            if not self._writing and not self._handover_due:
+                self._handover_due = True
+                loop.call_soon(self._hand_over, loop)  # after this tick's other writes
+        self._gathered.append(writes)
         return fut
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -146,21 +140,22 @@ class SqliteStore(MemoryStore):
         self._handover_due = False
         if self._writing or not self._gathered:
             return
-        group, self._gathered = self._gathered, []
+        group, done = self._gathered, self._gathered_done
+        self._gathered, self._gathered_done = [], None
         self._writing = True
-        self._queue.put((group, loop))
+        self._queue.put((group, done, loop))
 
-    def _written(self, loop: asyncio.AbstractEventLoop, group: list[tuple[list[Write], asyncio.Future[None]]],
+    def _written(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None],
                  exc: BaseException | None) -> None:
         """On the loop: a transaction is durable (or failed); hand over what gathered meanwhile."""
         self._writing = False
-        _settle([fut for _, fut in group], exc)
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
         if self._gathered:
             self._hand_over(loop)
-
-    async def _wait(self, token: Any) -> None:
-        if token is not None:
-            await token
 
     def _statements(self, batch: list[Write]) -> list[tuple[str, tuple[Any, ...]]]:
         """The SQL for a batch of writes, in order; a channel's states coalesce to its last."""
@@ -210,10 +205,10 @@ class SqliteStore(MemoryStore):
         conn = self._connect()
         try:
             while (item := self._queue.get()) is not None:
-                group, loop = item
+                group, done, loop = item
                 exc: BaseException | None = None
                 try:
-                    statements = self._statements([w for writes, _ in group for w in writes])
+                    statements = self._statements([w for writes in group for w in writes])
                     if statements:
                         self._commit(conn, statements)
                         self.transactions += 1
@@ -225,7 +220,7 @@ class SqliteStore(MemoryStore):
                         except sqlite3.Error:
                             pass
                 try:
-                    loop.call_soon_threadsafe(self._written, loop, group, exc)
+                    loop.call_soon_threadsafe(self._written, loop, done, exc)
                 except RuntimeError:  # that loop is closed: nobody waits any more
                     self._writing = False
         finally:
