@@ -1,6 +1,6 @@
 """Gateway throughput and latency under wrk: payment off vs on, null model vs real model.
 
-    .venv/bin/python bench/gateway.py                 # full run, ~6 minutes
+    .venv/bin/python bench/gateway.py                 # full run, ~10 minutes
     .venv/bin/python bench/gateway.py --quick         # short smoke run
 
 All in one run, on loopback, bounded in time (``--duration``) and count (``--max-requests``):
@@ -604,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per null-model round")
     parser.add_argument("--max-requests", type=int, default=40_000, help="cap per null-model round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per null-model server")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds per null-model server (±30%% between rounds on a shared VM)")
     parser.add_argument("--connections", type=int, default=64,
                         help="wrk connections for the null-model runs (enough to cover the fsync wait)")
     parser.add_argument("--model-connections", type=int, default=16)
