@@ -37,17 +37,7 @@ _RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
 _BATCH_TYPEHASH = keccak256(RECEIPT_BATCH_TYPE.encode())
 _PAD16 = bytes(16)
 
-__all__ = ["ReceiptSigner", "request_digest", "result_digest"]
-
-
-def request_digest(body: bytes) -> bytes:
-    """``requestDigest``: sha256 of the exact request body bytes (hardware-accelerated)."""
-    return hashlib.sha256(body).digest()
-
-
-def result_digest(body: bytes) -> bytes:
-    """``resultDigest``: sha256 of the exact response body bytes the client receives."""
-    return hashlib.sha256(body).digest()
+__all__ = ["ReceiptSigner"]
 
 
 class ReceiptSigner:
