@@ -174,10 +174,6 @@ class ChannelState:
             return None
         return VoucherStateSnapshot(self.signed_max_claimable, self.signature)
 
-    def reservation(self, request_id: str) -> Reservation | None:
-        i = _index(self.reservations, request_id)
-        return None if i < 0 else self.reservations[i]
-
 
 # The per-request transitions (accept, commit, release) scan a channel's reservations (dozens
 # when a client keeps many requests in flight) through these C-level getters, not genexprs.

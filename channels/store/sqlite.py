@@ -131,11 +131,11 @@ class SqliteStore(MemoryStore):
             fut = self._gathered_done = loop.create_future()
             if not self._writing and not self._handover_due:
                 self._handover_due = True
-                loop.call_soon(self._hand_over, loop)  # after this tick's other writes
+                loop.call_soon(self._hand_over)  # after this tick's other writes
         self._gathered.append(writes)
         return fut
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _hand_over(self) -> None:
         """On the loop: give every gathered write to the writer as one transaction."""
         self._handover_due = False
         if self._writing or not self._gathered:
@@ -143,10 +143,9 @@ class SqliteStore(MemoryStore):
         group, done = self._gathered, self._gathered_done
         self._gathered, self._gathered_done = [], None
         self._writing = True
-        self._queue.put((group, done, loop))
+        self._queue.put((group, done))
 
-    def _written(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None],
-                 exc: BaseException | None) -> None:
+    def _written(self, done: asyncio.Future[None], exc: BaseException | None) -> None:
         """On the loop: a transaction is durable (or failed); hand over what gathered meanwhile."""
         self._writing = False
         if not done.done():
@@ -155,7 +154,7 @@ class SqliteStore(MemoryStore):
             else:
                 done.set_exception(exc)
         if self._gathered:
-            self._hand_over(loop)
+            self._hand_over()
 
     def _statements(self, batch: list[Write]) -> list[tuple[str, tuple[Any, ...]]]:
         """The SQL for a batch of writes, in order; a channel's states coalesce to its last."""
@@ -205,7 +204,7 @@ class SqliteStore(MemoryStore):
         conn = self._connect()
         try:
             while (item := self._queue.get()) is not None:
-                group, done, loop = item
+                group, done = item
                 exc: BaseException | None = None
                 try:
                     statements = self._statements([w for writes in group for w in writes])
@@ -220,7 +219,7 @@ class SqliteStore(MemoryStore):
                         except sqlite3.Error:
                             pass
                 try:
-                    loop.call_soon_threadsafe(self._written, loop, done, exc)
+                    done.get_loop().call_soon_threadsafe(self._written, done, exc)
                 except RuntimeError:  # that loop is closed: nobody waits any more
                     self._writing = False
         finally:
