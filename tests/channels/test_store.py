@@ -524,3 +524,35 @@ async def test_old_idempotency_answers_are_forgotten(store):
         await store.begin_idempotent(cid_of(1), f"k{i}", f"r{i}", T0 + 2 * store.idempotency_ttl_s)
     assert await store.get_idempotent(cid_of(1), "old") is None
     assert await store.get_idempotent(cid_of(1), "k5") is not None
+
+
+async def test_sqlite_writer_process_outlives_a_stop_and_its_death_fails_writes_loudly(tmp_path):
+    """The writer ignores SIGTERM (a stop sent to the whole process group must not cut the
+    gateway's final flush); once it is killed, writes raise instead of pretending to be
+    durable, and what it had committed is on disk."""
+    import signal
+
+    path = tmp_path / "killed.sqlite3"
+    s = await SqliteStore.open(path, chain_id=CHAIN, contract=CONTRACT, policy=POLICY)
+    cid = cid_of(11)
+    try:
+        await s.apply_fact(cid, Synced(balance=1_000, total_claimed=0))
+        os.kill(s.writer_pid, signal.SIGTERM)
+        for i in range(2):
+            await s.accept(acc(cid, 100 * (i + 1), 100, f"r{i}"))
+            await s.commit(cid, f"r{i}", 100, T0)
+        os.kill(s.writer_pid, signal.SIGKILL)
+        await s.accept(acc(cid, 300, 100, "r2"))
+        with pytest.raises(RuntimeError, match="SQLite writer"):
+            await s.commit(cid, "r2", 100, T0)
+        with pytest.raises(RuntimeError, match="SQLite writer"):
+            await s.kv_put("space", "key", b"value")
+    finally:
+        await s.close()
+    s = await SqliteStore.open(path, chain_id=CHAIN, contract=CONTRACT, policy=POLICY)
+    try:
+        assert (await s.get(cid)).charged == 200
+        assert s.writer_pid is not None
+    finally:
+        await s.close()
+    assert s.writer_pid is None
