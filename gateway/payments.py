@@ -303,17 +303,21 @@ class PaymentGate:
         try:
             await self.stop_sync()
         finally:
-            await self.store.flush()
-            await self.store.close()
-            if self._owned_w3 is not None:
-                await close_web3(self._owned_w3)
+            try:
+                await self.store.close()  # flushes first
+            finally:
+                if self._owned_w3 is not None:
+                    await close_web3(self._owned_w3)
 
     async def ping_chain(self) -> bool:
         await self.chain.w3.eth.block_number  # no retries: /readyz wants the truth now
         return True
 
     async def ping_store(self) -> bool:
+        """The store answers and can still make a write durable (a SQLite store whose writer
+        process died raises here, so /readyz reports it instead of answering ready)."""
         await self.store.get(bytes(32))
+        await self.store.flush()
         return True
 
     # ------------------------------------------------------------------ 402s
@@ -511,6 +515,14 @@ class PaymentGate:
             # charged (the voucher's headroom may already serve another request).
             raise api_error(503, "payment_expired", "the payment hold expired before the answer; "
                             "retry with a fresh voucher", retry_after=self.config.retry_after_s) from None
+        except Exception:
+            # The store refused the charge (its SQLite writer died): nothing was charged, so
+            # the hold goes too, at once, rather than blocking the channel until it expires.
+            try:
+                await self.release(hold)
+            except Exception:  # noqa: BLE001 - the same failure; the one above is the one to report
+                pass
+            raise
         self.metrics.charged.inc((), hold.amount)
         response.headers["PAYMENT-RESPONSE"] = header
         response.headers["Access-Control-Expose-Headers"] = _EXPOSE

@@ -58,25 +58,33 @@ class MemoryStore(Store):
     ) -> T:
         old = self._states.get(channel_id)
         new, result = fn(old)
+        changed = new is not None and new is not old
         writes: list[Write] = []
-        if new is not None and new is not old:
-            self._states[channel_id] = new
+        if changed and durable:
+            writes.append(("state", channel_id, new))
+        drop_idem = False
+        if idem is not None:
+            if idem.kind == "set":
+                writes.append(("idem", channel_id, idem.key, idem.record))
+            else:
+                cur = self._idem.get((channel_id, idem.key))
+                drop_idem = cur is not None and not cur.done and cur.request_id == idem.request_id
+                if drop_idem:
+                    writes.append(("idem", channel_id, idem.key, None))
+        # Queued before anything is applied: a store that can no longer write (its SQLite
+        # writer died) raises here, and the transition has not happened.
+        token = self._write(writes) if writes else None
+        if changed:
+            self._states[channel_id] = new  # type: ignore[assignment]
             if durable:
-                writes.append(("state", channel_id, new))
                 self._dirty.discard(channel_id)
             elif self._persists:
                 self._dirty.add(channel_id)
         if idem is not None:
-            k = (channel_id, idem.key)
             if idem.kind == "set":
-                self._idem[k] = idem.record  # type: ignore[assignment]
-                writes.append(("idem", channel_id, idem.key, idem.record))
-            else:
-                cur = self._idem.get(k)
-                if cur is not None and not cur.done and cur.request_id == idem.request_id:
-                    del self._idem[k]
-                    writes.append(("idem", channel_id, idem.key, None))
-        token = self._write(writes) if writes else None
+                self._idem[(channel_id, idem.key)] = idem.record  # type: ignore[assignment]
+            elif drop_idem:
+                del self._idem[(channel_id, idem.key)]
         if durable and token is not None:
             await token
         return result

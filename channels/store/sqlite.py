@@ -31,6 +31,7 @@ diverge): use Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import sqlite3
@@ -48,6 +49,7 @@ from .memory import MemoryStore, Write
 __all__ = ["SqliteStore"]
 
 _WRITER = Path(__file__).with_name("_sqlite_writer.py")
+log = logging.getLogger("paychan.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -265,10 +267,16 @@ class SqliteStore(MemoryStore):
         await self._write([("state", cid, self._states[cid]) for cid in dirty])
 
     async def close(self) -> None:
-        """Flush, then stop the writer process (it commits what it holds and exits)."""
+        """Flush, then stop the writer process (it commits what it holds and exits).
+
+        After a writer failure nothing more can be written: the file holds every commit that
+        returned, and close() only logs the failure and stops."""
         writer = self._writer
         if writer is None:
             return
+        if self._failed is not None:
+            log.error("%s: closed after its writer failed (%s); the file holds every commit "
+                      "that returned before that", self.path, self._failed)
         try:
             if self._failed is None:
                 await self.flush()

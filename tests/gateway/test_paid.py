@@ -344,6 +344,39 @@ async def test_channel_funded_elsewhere_is_synced_from_chain(make_config, anvil,
             assert state.balance == 30 * PRICE and state.charged_cumulative_amount == PRICE
 
 
+async def test_a_killed_sqlite_writer_makes_readyz_fail_and_charges_nothing(
+        make_config, null_classifier, anvil, jpeg, tmp_path: Path) -> None:
+    """Kill the SQLite writer process for real: /readyz turns 503 naming the store, a paid
+    request is refused with a 5xx, and the reopened ledger holds only what was answered."""
+    import os
+    import signal
+
+    from channels.store import SqliteStore
+
+    ledger = tmp_path / "killed.sqlite3"
+    app = create_app(paid_config(make_config, anvil, model="null", store=f"sqlite:///{ledger}"),
+                     classifier=null_classifier)
+    payer = Payer(channels.Signer(DEV_KEYS[9]), tmp_path / "payer.sqlite", deposit_amount=20 * PRICE,
+                  salt=os.urandom(32))
+    async with serve(app) as url, channels.PaymentClient(payer) as client, aiohttp.ClientSession() as s:
+        first = await client.post(url + "/v1/classify", data=jpeg, headers={"Content-Type": "image/jpeg"})
+        assert first.status == 200, first.body[:300]
+        os.kill(app[PAYMENTS].store.writer_pid, signal.SIGKILL)
+        await asyncio.sleep(0.3)  # the gateway reads the end of the writer's pipe
+        async with s.get(url + "/readyz") as r:
+            checks = (await r.json())["checks"]
+            assert r.status == 503 and checks["store"] is False and checks["chain"] is True
+        second = await client.post(url + "/v1/classify", data=jpeg, headers={"Content-Type": "image/jpeg"})
+        assert second.status >= 500
+        view = await app[PAYMENTS].channel_view("0x" + first.payment.channel_id.hex())
+        assert int(view["chargedCumulativeAmount"]) == PRICE and view["inFlight"] == 0
+    store = await SqliteStore.open(ledger, chain_id=31337, contract=anvil.deployment.settlement)
+    try:
+        assert [state.charged for state in await store.channels()] == [PRICE]
+    finally:
+        await store.close()
+
+
 async def test_readyz_reports_the_chain_down_and_back(make_config, null_classifier) -> None:
     """Stop anvil for real: /readyz turns 503 naming the chain, and 200 again once it is back."""
     from contracts import Anvil
