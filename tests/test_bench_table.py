@@ -99,3 +99,35 @@ def test_unknown_results_file_still_gets_a_row(tmp_path: Path) -> None:
         "| Test CPU, 4 cores |"
     )
     assert row in run.stdout
+
+
+def _bench_module(name: str):
+    """A bench/ script as a module (bench/ on sys.path while it loads: it imports _machine)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+def test_a_model_ratio_from_unequal_processes_is_not_called_met() -> None:
+    """When the two model processes spent unequal CPU per request, the row says so instead of
+    reporting the ratio as the target met or missed."""
+    gateway, table = _bench_module("gateway"), _bench_module("table")
+
+    def verdict(cpu_unpaid_us: float, ratio: float) -> str:
+        run = {"rps": 50.0, "p50_ms": 300.0, "p99_ms": 400.0, "rounds": [],
+               "server_cpu_us_per_request": cpu_unpaid_us}
+        runs = {"model_unpaid": run,
+                "model_paid": {**run, "rps": 50.0 * ratio, "server_cpu_us_per_request": 28_000.0}}
+        summary = gateway.summarize(runs, 30.0)
+        return " ".join(cell for row in table._gateway({"summary": summary, "runs": {}}) for cell in row)
+
+    assert "model target: **not met**" in verdict(28_100.0, 0.9)
+    assert "model target: met" in verdict(28_100.0, 0.99)
+    assert "not decided by this run" in verdict(35_000.0, 1.25)
