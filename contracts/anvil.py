@@ -188,4 +188,12 @@ class Anvil:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close_w3()
         await asyncio.to_thread(self.stop)
+
+    async def close_w3(self) -> None:
+        """Close the HTTP session behind ``.w3``, if one was opened (``.w3`` opens a new one on
+        its next use). Call it in the event loop that used ``.w3`` before dropping the node."""
+        if self._w3 is not None:
+            w3, self._w3 = self._w3, None
+            await w3.provider.disconnect()

@@ -59,6 +59,14 @@ class ChainEnv:
     def deployment(self) -> Any:
         return self.node.deployment
 
+    async def close(self) -> None:
+        """Close the store and the web3 provider's HTTP session (an unclosed one is reported
+        as a ResourceWarning, in whichever later test the garbage collector finds it)."""
+        await self.store.close()
+        disconnect = getattr(self.w3.provider, "disconnect", None)
+        if disconnect is not None:
+            await disconnect()
+
     def requirements(self, *, price: int = PRICE) -> channels.PaymentRequirements:
         d = self.deployment
         extra = channels.BatchExtra(

@@ -14,10 +14,11 @@ from contracts import Anvil
 
 
 @pytest.fixture
-def anvil(tmp_path: Path) -> Any:
+async def anvil(tmp_path: Path) -> AsyncIterator[Any]:
     node = Anvil(state=tmp_path / "anvil-state.json")
     node.start()
     yield node
+    await node.close_w3()
     node.kill()
 
 
@@ -25,4 +26,4 @@ def anvil(tmp_path: Path) -> Any:
 async def env(anvil: Anvil, tmp_path: Path) -> AsyncIterator[ChainEnv]:
     e = await make_env(anvil, tmp_path)
     yield e
-    await e.store.close()
+    await e.close()

@@ -38,12 +38,13 @@ def _start(env: ChainEnv, log: Path) -> subprocess.Popen[bytes]:
         "--token",
         d.token,
     ]
-    return subprocess.Popen(
-        cmd,
-        env={**os.environ, "PAYCHAN_KEY": PROVIDER_KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+    with log.open("ab") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            cmd,
+            env={**os.environ, "PAYCHAN_KEY": PROVIDER_KEY},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _nonce(url: str, address: str, block: str) -> int:

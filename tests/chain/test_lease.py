@@ -91,4 +91,4 @@ async def test_two_gateways_on_one_redis_store_run_one_settler(anvil, tmp_path) 
             await s.stop()
         await gateways[0].store.drop_namespace()
         for g in gateways:
-            await g.store.close()
+            await g.close()

@@ -11,9 +11,11 @@ import asyncio
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import channels
 from channels.payer import Payer
@@ -34,15 +36,24 @@ def paid_config(make_config, anvil, **overrides):
     return make_config(**values)
 
 
+async def _read(anvil, address: str, name: str, fn: str, *args: object) -> Any:
+    """A view call on the session's anvil over a connection of this test's own event loop
+    (the session-wide ``anvil.w3`` would leave a session open in a loop that is gone)."""
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
+    try:
+        contract = w3.eth.contract(address=address, abi=artifact(name)["abi"])
+        return await contract.functions[fn](*args).call()
+    finally:
+        await w3.provider.disconnect()
+
+
 async def token_balance(anvil, address: str) -> int:
-    token = anvil.w3.eth.contract(address=anvil.deployment.token, abi=artifact("TestUSDC")["abi"])
-    return await token.functions.balanceOf(address).call()
+    return await _read(anvil, anvil.deployment.token, "TestUSDC", "balanceOf", address)
 
 
 async def onchain_channel(anvil, cid: bytes) -> tuple[int, int]:
-    settlement = anvil.w3.eth.contract(address=anvil.deployment.settlement,
-                                       abi=artifact("BatchSettlement")["abi"])
-    balance, total_claimed = (await settlement.functions.channels(cid).call())[:2]
+    balance, total_claimed = (await _read(anvil, anvil.deployment.settlement, "BatchSettlement",
+                                          "channels", cid))[:2]
     return balance, total_claimed
 
 
