@@ -516,8 +516,9 @@ class PaymentGate:
             raise api_error(503, "payment_expired", "the payment hold expired before the answer; "
                             "retry with a fresh voucher", retry_after=self.config.retry_after_s) from None
         except Exception:
-            # The store refused the charge (its SQLite writer died): nothing was charged, so
-            # the hold goes too, at once, rather than blocking the channel until it expires.
+            # The store refused the charge (a dead SQLite writer, an unreachable Redis): nothing
+            # was charged, so the hold goes too, at once, rather than blocking the channel
+            # until it expires. After a charge that did commit, this release finds nothing.
             try:
                 await self.release(hold)
             except Exception:  # noqa: BLE001 - the same failure; the one above is the one to report
