@@ -142,7 +142,7 @@ class SqliteStore(MemoryStore):
 
     def _write(self, writes: list[Write]) -> asyncio.Future[None]:
         if self._failed is not None:
-            raise RuntimeError(f"the SQLite writer of {self.path} failed: {self._failed}")
+            raise RuntimeError(str(self._failed))  # a fresh error: it names the file and the cause
         if self._writer is None:
             raise RuntimeError("SqliteStore is not open: use `await SqliteStore.open(path, ...)`")
         fut = self._gathered_done
@@ -169,7 +169,7 @@ class SqliteStore(MemoryStore):
         self._gathered, self._gathered_done = [], None
         assert done is not None
         if self._failed is not None:
-            done.set_exception(RuntimeError(f"the SQLite writer of {self.path} failed: {self._failed}"))
+            done.set_exception(RuntimeError(str(self._failed)))
             return
         try:
             statements = self._statements([w for writes in group for w in writes])

@@ -19,6 +19,7 @@ from channels.facilitator import Facilitator
 from channels.ledger import AcceptInput
 from channels.txjournal import TxJournal
 from contracts import DEV_KEYS, Anvil, send_transaction
+from gateway.payments import close_web3
 
 PROVIDER_KEY = DEV_KEYS[0]  # anvil's well-known TEST key 0: receiver, receiverAuthorizer, gas payer
 PAYER_KEYS = DEV_KEYS[1:4]  # anvil TEST keys
@@ -63,9 +64,7 @@ class ChainEnv:
         """Close the store and the web3 provider's HTTP session (an unclosed one is reported
         as a ResourceWarning, in whichever later test the garbage collector finds it)."""
         await self.store.close()
-        disconnect = getattr(self.w3.provider, "disconnect", None)
-        if disconnect is not None:
-            await disconnect()
+        await close_web3(self.w3)
 
     def requirements(self, *, price: int = PRICE) -> channels.PaymentRequirements:
         d = self.deployment

@@ -22,6 +22,7 @@ from channels.payer import Payer
 from contracts import DEV_KEYS, artifact
 from gateway.app import create_app
 from gateway.keys import PAYMENTS
+from gateway.payments import close_web3
 from tests.gateway.serving import serve
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.anvil]
@@ -44,7 +45,7 @@ async def _read(anvil, address: str, name: str, fn: str, *args: object) -> Any:
         contract = w3.eth.contract(address=address, abi=artifact(name)["abi"])
         return await contract.functions[fn](*args).call()
     finally:
-        await w3.provider.disconnect()
+        await close_web3(w3)
 
 
 async def token_balance(anvil, address: str) -> int:
