@@ -12,9 +12,10 @@ update on the hot path; formatting happens only when ``/metrics`` is scraped::
 from __future__ import annotations
 
 import bisect
+import gc
 from collections.abc import Callable, Sequence
 
-__all__ = ["CONTENT_TYPE", "Counter", "GatewayMetrics", "Gauge", "Histogram"]
+__all__ = ["CONTENT_TYPE", "CollectorStats", "Counter", "GatewayMetrics", "Gauge", "Histogram"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -106,6 +107,21 @@ class Histogram:
         return out
 
 
+class CollectorStats:
+    """The garbage collector's work, read at scrape time: passes by generation and the objects
+    frozen out of its reach (``paychan serve`` freezes its startup heap; see gateway.cli.serve)."""
+
+    def render(self) -> list[str]:
+        name = "paychan_gc_collections_total"
+        out = [f"# HELP {name} Garbage-collector passes by generation.", f"# TYPE {name} counter"]
+        for generation, stats in enumerate(gc.get_stats()):
+            out.append(f'{name}{{generation="{generation}"}} {stats["collections"]}')
+        name = "paychan_gc_frozen_objects"
+        out += [f"# HELP {name} Objects the garbage collector never visits (frozen at startup).",
+                f"# TYPE {name} gauge", f"{name} {gc.get_freeze_count()}"]
+        return out
+
+
 _FAST = (10e-6, 20e-6, 40e-6, 60e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 0.02, 0.1)
 _SLOW = (1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -143,6 +159,7 @@ class GatewayMetrics:
             "paychan_idempotent_replays_total", "Answers replayed from an Idempotency-Key."
         )
         self.samples = Counter("paychan_samples_stored_total", "Labelled samples stored.")
+        self.collector = CollectorStats()
         self._extra: list[Counter | Gauge | Histogram] = []
 
     def add(self, metric: Counter | Gauge | Histogram) -> None:
@@ -150,10 +167,10 @@ class GatewayMetrics:
         self._extra.append(metric)
 
     def render(self) -> str:
-        families: list[Counter | Gauge | Histogram] = [
+        families: list[Counter | Gauge | Histogram | CollectorStats] = [
             self.requests, self.payment_errors, self.verify_seconds, self.queue_wait_seconds,
             self.inference_seconds, self.batch_size, self.images, self.charged, self.claimed,
-            self.settled, self.deposits, self.replays, self.samples, *self._extra,
+            self.settled, self.deposits, self.replays, self.samples, self.collector, *self._extra,
         ]
         lines: list[str] = []
         for family in families:

@@ -500,12 +500,19 @@ class PaymentGate:
                 "body": base64.b64encode(body).decode(), "paymentResponse": header,
             }, separators=(",", ":")).encode()
 
+        receipts: list[asyncio.Future[str]] = []
+
+        def sign(charge: Any) -> None:
+            # Called as soon as the charge is decided: the receipt's batch is signed while
+            # the store writes the charge to disk, so the answer then waits for one, not two.
+            receipts.append(self.receipts.sign_batched(payment.channel_id, request_body, body, version,
+                                                       hold.amount, charge.cumulative))
+
         try:
             if hold.idempotency_key is None:
-                charge = await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time())
-                receipt = await self.receipts.sign_batched(payment.channel_id, request_body, body, version,
-                                                           hold.amount, charge.cumulative)
-                header = self._payment_response(hold, charge, receipt)
+                charge = await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
+                                                 on_charge=sign)
+                header = self._payment_response(hold, charge, await receipts[0])
             else:
                 await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                         idempotency_key=hold.idempotency_key, response=answer)
@@ -519,6 +526,8 @@ class PaymentGate:
             # The store refused the charge (a dead SQLite writer, an unreachable Redis): nothing
             # was charged, so the hold goes too, at once, rather than blocking the channel
             # until it expires. After a charge that did commit, this release finds nothing.
+            for receipt in receipts:
+                receipt.cancel()  # never sent; it leaves its batch if that is not signed yet
             try:
                 await self.release(hold)
             except Exception:  # noqa: BLE001 - the same failure; the one above is the one to report

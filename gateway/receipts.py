@@ -58,7 +58,7 @@ class ReceiptSigner:
         self.max_batch = max_batch
         separator = domain_separator(chain_id, settlement, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
         self._prefix = b"\x19\x01" + separator
-        self._pending: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._pending: list[tuple[bytes, str, asyncio.Future[str]]] = []
 
     def sign(
         self,
@@ -73,7 +73,7 @@ class ReceiptSigner:
         leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
         return f'{head}"proof":[],"signature":"0x{self._sign_root(leaf).hex()}"}}'
 
-    async def sign_batched(
+    def sign_batched(
         self,
         channel_id: bytes,
         request_body: bytes,
@@ -81,22 +81,24 @@ class ReceiptSigner:
         model_version: bytes,
         charged: int,
         cumulative: int,
-    ) -> str:
+    ) -> asyncio.Future[str]:
         """The receipt, signed together with every other receipt asked for in this tick.
 
-        The batch is signed by a callback scheduled on the loop (after the callbacks that are
-        ready now), or at once when it reaches ``max_batch``: no answer waits for later work.
+        Returns at once a future of the receipt's JSON (the leaf is hashed now): the batch is
+        signed by a callback scheduled on the loop (after the callbacks that are ready now),
+        or at once when it reaches ``max_batch``, so no answer waits for later work. A
+        future cancelled before its batch is signed leaves the batch.
         """
         leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
         pending = self._pending
-        pending.append((leaf, fut))
+        pending.append((leaf, head, fut))
         if len(pending) == 1:
             loop.call_soon(self._flush)
         elif len(pending) >= self.max_batch:
             self._flush()
-        return head + await fut
+        return fut
 
     def _leaf(
         self,
@@ -131,20 +133,19 @@ class ReceiptSigner:
         return self._signer.sign_digest(keccak256(self._prefix + keccak256(_BATCH_TYPEHASH + root)))
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch = [item for item in self._pending if not item[2].done()]  # skip the cancelled
+        self._pending = []
         if not batch:
             return
         try:
-            root, proofs = _merkle([leaf for leaf, _ in batch])
+            root, proofs = _merkle([leaf for leaf, _, _ in batch])
             tail = f'"signature":"0x{self._sign_root(root).hex()}"}}'
         except BaseException as exc:  # noqa: BLE001 - every waiter learns why
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for _, _, fut in batch:
+                fut.set_exception(exc)
             raise
-        for (_, fut), proof in zip(batch, proofs):
-            if not fut.done():  # its request may have been cancelled meanwhile
-                fut.set_result(f'"proof":[{proof}],{tail}')
+        for (_, head, fut), proof in zip(batch, proofs):
+            fut.set_result(f'{head}"proof":[{proof}],{tail}')
 
 
 def _merkle(leaves: list[bytes]) -> tuple[bytes, list[str]]:

@@ -88,6 +88,7 @@ class Store(ABC):
         *,
         idempotency_key: str | None = None,
         response: bytes | Callable[[ChannelState, Charge], bytes] = b"",
+        on_charge: Callable[[Charge], object] | None = None,
     ) -> Charge:
         """Charge `actual` for a live reservation; durable when it returns.
 
@@ -100,6 +101,11 @@ class Store(ABC):
 
             >>> charge = await store.commit(cid, "req-1", price, time.time(),
             ...     idempotency_key=key, response=lambda st, ch: build_answer(st, ch))
+
+        `on_charge(charge)` is called once, as soon as the charge is decided and before the
+        store waits for the disk (SQLite's fsync), so work that needs only the charge (the
+        gateway's receipt) overlaps the write. If the write then fails, `commit` raises as
+        usual and that work must be dropped: nothing was charged.
         """
         op = _IdemOp("set", idempotency_key) if idempotency_key is not None else None
 
@@ -112,7 +118,7 @@ class Store(ABC):
                 op.record = IdempotencyRecord(request_id, now, bytes(body))
             return new, charge
 
-        return await self._transact(channel_id, fn, idem=op, durable=True)
+        return await self._transact(channel_id, fn, idem=op, durable=True, decided=on_charge)
 
     async def release(
         self, channel_id: bytes, request_id: str, *, idempotency_key: str | None = None
@@ -238,10 +244,12 @@ class Store(ABC):
 
     @abstractmethod
     async def _transact(
-        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool
+        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool,
+        decided: Callable[[T], object] | None = None,
     ) -> T:
         """Run `fn` on the current state and store its new state (and `idem`) atomically.
 
         `fn` returns (new state, result); returning the input state object unchanged (and no
         idem) means nothing to write. `fn` may run more than once (Redis retries on conflict).
+        `decided(result)` runs once, when the result is final and before waiting for the disk.
         """

@@ -8,6 +8,7 @@ tests and demos that need no durability.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..ledger import ChannelState, LedgerPolicy
@@ -54,7 +55,8 @@ class MemoryStore(Store):
     # Store -----------------------------------------------------------------------------------
 
     async def _transact(
-        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool
+        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool,
+        decided: Callable[[T], object] | None = None,
     ) -> T:
         old = self._states.get(channel_id)
         new, result = fn(old)
@@ -85,6 +87,8 @@ class MemoryStore(Store):
                 self._idem[(channel_id, idem.key)] = idem.record  # type: ignore[assignment]
             elif drop_idem:
                 del self._idem[(channel_id, idem.key)]
+        if decided is not None:
+            decided(result)
         if durable and token is not None:
             await token
         return result

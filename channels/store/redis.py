@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -182,13 +183,17 @@ class RedisStore(Store):
         return got
 
     async def _transact(
-        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool
+        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool,
+        decided: Callable[[T], object] | None = None,
     ) -> T:
         lock = self._locks.get(channel_id)
         if lock is None:
             lock = self._locks[channel_id] = asyncio.Lock()
         async with lock:
-            return await self._transact_locked(channel_id, fn, idem)
+            result = await self._transact_locked(channel_id, fn, idem)
+        if decided is not None:  # Redis answered: the result is final and already durable
+            decided(result)
+        return result
 
     async def _transact_locked(
         self, channel_id: bytes, fn: Transition[T], idem: _IdemOp | None

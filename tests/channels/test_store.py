@@ -512,6 +512,21 @@ async def test_commit_builds_the_stored_answer_from_the_committed_state(store):
     assert (await store.get_idempotent(cid, "k")).response == b"90/1000"
 
 
+async def test_on_charge_sees_the_charge_once_before_the_disk_has_it(store):
+    """`commit(on_charge=...)` hands the charge over as soon as it is decided: on SQLite while
+    the writer still holds the transaction (the gateway signs the receipt meanwhile)."""
+    cid = cid_of(31)
+    await store.apply_fact(cid, Synced(balance=1_000, total_claimed=0))
+    await store.accept(acc(cid, 100, 100, "r1"))
+    seen: list[tuple[ledger.Charge, int | None]] = []
+    fsynced = lambda: getattr(store, "transactions", None)  # noqa: E731 - SQLite's fsync count
+    before = fsynced()
+    charge = await store.commit(cid, "r1", 100, T0, on_charge=lambda c: seen.append((c, fsynced())))
+    assert seen == [(charge, before)]
+    if isinstance(store, SqliteStore):
+        assert store.transactions == before + 1  # the commit returned after its fsync
+
+
 async def test_old_idempotency_answers_are_forgotten(store):
     if isinstance(store, RedisStore):
         store.idempotency_ttl_s = 10.0  # Redis expires them itself (PX); check the TTL is set

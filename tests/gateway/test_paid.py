@@ -320,6 +320,10 @@ async def test_two_workers_share_the_redis_ledger(anvil, jpeg, tmp_path: Path, r
             assert cumulative == [PRICE * k for k in range(2, 26)]
             async with s.get(f"{url}/v1/channels/0x{cid.hex()}") as r:
                 assert (await r.json())["chargedCumulativeAmount"] == str(25 * PRICE)
+            async with s.get(url + "/metrics") as r:  # a serving process keeps its startup heap frozen
+                frozen = next(line for line in (await r.text()).splitlines()
+                              if line.startswith("paychan_gc_frozen_objects "))
+                assert int(frozen.split()[1]) > 10_000, frozen
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # the parent forwards it to its workers
         out, _ = proc.communicate(timeout=30)

@@ -35,6 +35,8 @@ async def test_health_ready_metrics_models(make_config, null_classifier) -> None
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             assert 'paychan_http_requests_total{route="/v1/models",status="200"} 1' in text
             assert "paychan_classifier_batches" in text
+            assert 'paychan_gc_collections_total{generation="2"}' in text
+            assert "paychan_gc_frozen_objects 0" in text  # only `paychan serve` freezes its heap
 
 
 async def test_unpaid_classify_raw_and_multipart(make_config, null_classifier, jpeg, png) -> None:
