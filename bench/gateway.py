@@ -10,7 +10,8 @@ All in one run, on loopback, bounded in time (``--duration``) and count (``--max
    and the payment path's stages timed in process;
 2. null model, payment off vs on (same app, same 20 KB JPEG body): requests/s, p50/p99,
    and the overhead per request = 1/paid_rps - 1/unpaid_rps, in recovers;
-3. the real model on CPU, payment off vs on, with the mean model batch of every round;
+3. the real model on CPU, payment off vs on at the same batch cap (the paid server's warm-up
+   picks it; the unpaid one gets it with ``--batch-cap``), with the mean batch of every round;
 4. ``--workers 2`` vs 1 on the Redis ledger, payment on, null model.
 
 Compared servers run side by side (an idle one costs no CPU) and are measured in interleaved
@@ -553,24 +554,6 @@ def batch_cap(server: Server) -> int:
     return int(metric_values(server.url, ("paychan_classifier_batch_cap",))["paychan_classifier_batch_cap"])
 
 
-def match_batch_caps(unpaid: Server, paid: Server, attempts: int = 4) -> int:
-    """Restart the unpaid server until its batch cap equals the paid one's; returns restarts.
-
-    Each process picks its batch cap by timing every bucket at warm-up; on a shared 2-core
-    machine two processes can pick different caps (2 vs 4 on lite0 was seen), which moves
-    throughput far more than payment does. Only the unpaid server restarts (it holds no
-    channel), and a mismatch that persists is recorded in each round's ``batch_cap``.
-    """
-    for restart in range(attempts):
-        if batch_cap(unpaid) == batch_cap(paid):
-            return restart
-        print(f"  batch caps differ ({batch_cap(unpaid)} unpaid, {batch_cap(paid)} paid): "
-              "restarting the unpaid server", file=sys.stderr)
-        unpaid.__exit__(None, None, None)
-        unpaid.__enter__()
-    return attempts
-
-
 def measure(servers: list[Server], *, rounds: int, duration: float,
             recover_samples: list[float] | None = None) -> dict[str, dict]:
     """Warm every server, then run them round by round, rotating the order each round
@@ -650,16 +633,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_model:
             model_common = {**common, "max_requests": 5000, "connections": args.model_connections,
                             "rounds": args.model_rounds}
-            model = [
-                Server("model_unpaid", model="tf_efficientnet_lite0", payment=False, **model_common),
-                Server("model_paid", model="tf_efficientnet_lite0", payment=True, payer_index=2, **model_common),
-            ]
+            unpaid = Server("model_unpaid", model="tf_efficientnet_lite0", payment=False, **model_common)
+            paid = Server("model_paid", model="tf_efficientnet_lite0", payment=True, payer_index=2, **model_common)
             with ExitStack() as models:
-                for server in model:
-                    models.enter_context(server)
-                out["model_restarts"] = match_batch_caps(model[0], model[1])
-                print("real model, payment off / on, interleaved:", file=sys.stderr)
-                runs.update(measure(model, rounds=args.model_rounds, duration=args.model_duration))
+                # Each process times every batch size at warm-up and caps its batches at the
+                # best; on a shared 2-core VM two processes picked 4 and 6-8, which moves
+                # throughput far more than payment does. The paid server chooses; the unpaid
+                # one is given the same cap (--batch-cap), so the two differ by payment only.
+                models.enter_context(paid)
+                out["model_batch_cap"] = batch_cap(paid)
+                unpaid.args += ["--batch-cap", str(out["model_batch_cap"])]
+                models.enter_context(unpaid)
+                print(f"real model (batch cap {out['model_batch_cap']}), payment off / on, interleaved:",
+                      file=sys.stderr)
+                runs.update(measure([unpaid, paid], rounds=args.model_rounds, duration=args.model_duration))
         if not args.skip_redis:
             prefix = f"paychan-bench-{os.getpid()}"
             redis_common = {**common, "rounds": 1}

@@ -74,6 +74,7 @@ class GatewayConfig:
     # --- model
     model: str = "tf_efficientnet_lite0"
     device: str = "cpu"
+    batch_cap: int | None = None  # largest model batch; None: chosen at warm-up by timing
     # --- limits
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 16
@@ -165,6 +166,9 @@ class GatewayConfig:
                      "tx_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
+        if self.batch_cap is not None and not 1 <= self.batch_cap <= 256:
+            raise ConfigError(f"batch_cap: must be 1..256 images, got {self.batch_cap}; "
+                              f"{_where('batch_cap')} (or leave it unset: chosen at warm-up)")
         for name in ("claim_threshold", "confirmations", "start_block"):
             value = getattr(self, name)
             if value is not None and value < 0:

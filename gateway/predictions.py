@@ -58,8 +58,11 @@ async def open_classifier(config: GatewayConfig) -> Classifier:
     if config.is_null_model:
         clf = Classifier.null()
     else:
+        # A fixed batch_cap skips the warm-up's choice (timings on a busy machine vary).
+        sizing = {} if config.batch_cap is None else {"max_batch": config.batch_cap, "auto_cap": False}
         clf = await asyncio.to_thread(
             Classifier.load, model=config.model, device=config.device, queue_size=config.max_in_flight,
+            **sizing,
         )
     await clf.start()
     return clf

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--price", type=int, help="price per image in token units (default 1000)")
     p.add_argument("--store", help="ledger: sqlite:///PATH (default) or redis://HOST:PORT/DB")
     p.add_argument("--model", help="model id or version to serve; 'null' for the null model")
+    p.add_argument("--batch-cap", type=int,
+                   help="largest model batch (default: the best rate timed at warm-up)")
     p.add_argument("--workers", type=int, help="processes sharing the port (needs a redis store)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 8402)")
@@ -68,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 _FLAG_FIELDS = (
-    "config", "rpc_url", "key_file", "token", "price", "store", "model", "workers", "host",
+    "config", "rpc_url", "key_file", "token", "price", "store", "model", "batch_cap", "workers", "host",
     "port", "receiver", "settlement", "samples_dir", "payment", "settler", "claim_after_s",
     "claim_threshold", "facilitator",
 )

@@ -58,6 +58,7 @@ def test_key_file(tmp_path: Path) -> None:
         ({"claim_batch_size": 101}, {}, "claim_batch_size: must be 1..100 channels per claim"),
         ({}, {"PAYCHAN_CLAIM_AFTER_S": "0"}, "claim_after_s: must be positive, got 0.0; set --claim-after-s"),
         ({"claim_threshold": -1}, {}, "claim_threshold: must be 0 or more"),
+        ({}, {"PAYCHAN_BATCH_CAP": "0"}, "batch_cap: must be 1..256 images, got 0; set --batch-cap"),
     ],
 )
 def test_errors_name_field_and_fix(flags: dict, env: dict, needle: str) -> None:
@@ -91,3 +92,21 @@ def test_settlement_policy_defaults_and_env() -> None:
                                          "PAYCHAN_START_BLOCK": "12"})
     assert settler_policy(config).claim_threshold == 5000
     assert config.facilitator is False and config.start_block == 12
+
+
+def test_a_fixed_batch_cap_skips_the_warm_up_choice() -> None:
+    """`--batch-cap N` serves batches of at most N, as set (benchmarks compare two processes
+    at the same cap; the warm-up's timed choice can differ between them on a busy machine)."""
+    import asyncio
+
+    from gateway.predictions import open_classifier
+
+    async def load() -> tuple[int, int, dict]:
+        config = GatewayConfig.load({"batch_cap": 3, "payment": False}, env={})
+        clf = await open_classifier(config)
+        try:
+            return clf.batch_cap, clf.buckets[-1], clf.warmup_rates
+        finally:
+            await clf.close()
+
+    assert asyncio.run(load()) == (3, 3, {})  # nothing was timed
