@@ -13,6 +13,7 @@ image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``Classifie
 503, with ``retry_after``) for the service.
 """
 
+from inference._malloc import keep_freed_memory
 from inference.classifier import BatcherStats, BatchEvent, Classifier, NullClassifier
 from inference.errors import (
     ClassifierClosed,
@@ -69,5 +70,6 @@ __all__ = [
     "content_hash",
     "group_of",
     "imagenet_labels",
+    "keep_freed_memory",
     "load_model",
 ]

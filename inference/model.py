@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inference._malloc import keep_freed_memory
 from inference.labels import imagenet_labels
 from inference.weights import (
     bundled_weights_path,
@@ -145,6 +146,7 @@ def load_model(
     target = _resolve_device(device)
     if target.type == "cpu":
         torch.set_num_threads(threads or cpu_threads())
+        keep_freed_memory()  # no page faults per batch: see inference/_malloc.py
 
     path = Path(weights) if weights is not None else bundled_weights_path(model)
     state = load_state_dict(path)

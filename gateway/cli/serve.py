@@ -117,6 +117,10 @@ def run_server(config: Any, *, reuse_port: bool = False) -> None:
 
     from gateway.app import create_app
 
+    if not config.is_null_model and config.device == "cpu":
+        from inference import keep_freed_memory
+
+        keep_freed_memory()  # before any thread allocates: no page faults per model batch
     app = create_app(config)
     app.on_startup.append(_tune_collector)  # runs after the cleanup contexts have opened
     web.run_app(
