@@ -195,10 +195,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    from inference import keep_freed_memory, load_model
+
+    if args.device in (None, "cpu"):
+        keep_freed_memory()  # as `paychan serve` does: before any thread allocates
+
     import skimage.data
     from PIL import Image
-
-    from inference import load_model
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
