@@ -43,6 +43,7 @@ from .eip712 import (
     refund_digest,
 )
 from .errors import ErrorCode, PaymentError
+from .ledger import Rejection
 from .signing import Signer
 from .verify import verify_channel_terms, verify_deposit_authorization, verify_voucher
 from .wire import (
@@ -367,46 +368,9 @@ class Facilitator:
                     f"is not this gateway's authorizer {self.authorizer.address}",
                 )
             onchain = await self._verify_voucher(payload, requirements)
-            cid = payload.voucher.channel_id
-            st = await self.store.apply_fact(cid, onchain.fact(), config=config)
-            # Holds past their expiry are dead (a crashed worker's): they do not block a refund.
-            live = [r for r in st.reservations if r.expires_at > self.clock()]
-            if live:
-                raise PaymentError(
-                    ErrorCode.CHANNEL_BUSY,
-                    "payload",
-                    f"{len(live)} request(s) in flight on this channel: retry when they end",
-                )
-            claim_total = (
-                st.claimable
-            )  # min(charged, balance): every charged unit stays with the provider
-            claim_first = None
-            if claim_total > onchain.total_claimed:
-                rows = [ClaimRow(config, st.signed_max_claimable, st.signature, claim_total)]
-                entries = [ClaimEntry(cid, st.signed_max_claimable, claim_total)]
-                sig = self.authorizer.sign_digest(
-                    claim_batch_digest(
-                        requirements.chain_id, self.chain.settlement_address, entries
-                    )
-                )
-                claim_first = (rows, sig)
-            available = onchain.balance - claim_total
-            amount = available if payload.amount is None else min(payload.amount, available)
-            if amount <= 0:
-                raise PaymentError(
-                    ErrorCode.REFUND_NO_BALANCE, "payload.amount", "nothing is left to refund"
-                )
-            nonce = onchain.refund_nonce
-            signature = self.authorizer.sign_digest(
-                refund_digest(
-                    requirements.chain_id, self.chain.settlement_address, cid, nonce, amount
-                )
+            return await self._refund_ours(
+                payload.voucher.channel_id, config, payload.amount, requirements, onchain
             )
-            with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED,
-                            ErrorCode.REFUND_TRANSACTION_FAILED, "payload"):
-                result = await self.chain.refund_with_signature(
-                    config, amount, nonce, signature, claim_first=claim_first
-                )
         except PaymentError as err:
             return SettleResponse(
                 False,
@@ -415,17 +379,78 @@ class Facilitator:
                 error_reason=str(err.code),
                 error_message=err.message,
             )
+
+    async def _refund_ours(
+        self,
+        cid: bytes,
+        config: ChannelConfig,
+        requested: int | None,
+        requirements: PaymentRequirements,
+        onchain: OnChainChannel,
+    ) -> SettleResponse:
+        """Refund one of our channels from our ledger (see `_refund_locked`), mirroring the
+        chain before and after; the answer is the spec's refund SettleResponse."""
+        assert self.store is not None
+        await self.store.apply_fact(cid, onchain.fact(), config=config)
+        result = await self._refund_locked(cid, config, requested, requirements)
         after = await self.chain.read_channel(cid, result.block_number)
-        st = await self.store.apply_fact(cid, after.fact())
-        refunded = onchain.balance - after.balance
+        st = await self.store.apply_fact(cid, after.fact())  # refundNonce moved: the lock ends
         return SettleResponse(
             True,
-            network,
+            requirements.network,
             result.tx_hash,
             config.payer,
-            refunded,
+            onchain.balance - after.balance,
             ResponseExtra(channel_state=after.snapshot(st.charged)),
         )
+
+    async def _refund_locked(
+        self,
+        cid: bytes,
+        config: ChannelConfig,
+        requested: int | None,
+        requirements: PaymentRequirements,
+    ) -> TxResult:
+        """Decide the refund under the ledger's lock (no voucher is accepted until it lands),
+        sign it, and submit claim + refund in one transaction.
+
+        A transaction that surely did not change the chain (it would revert, or reverted)
+        releases the lock at once; one whose fate is unknown (a timeout, a lost connection)
+        keeps it until a chain fact shows the refund landed or the lock expires, because
+        releasing it early is exactly the window in which answers would be served for free.
+        """
+        assert self.store is not None and self.authorizer is not None
+        plan = await self.store.begin_refund(cid, requested, self.clock())
+        if isinstance(plan, Rejection):
+            raise PaymentError(plan.code, "payload", plan.message)
+        settlement = self.chain.settlement_address
+        claim_first = None
+        if plan.needs_claim:
+            rows = [ClaimRow(config, plan.max_claimable, plan.signature, plan.claim_total)]
+            entries = [ClaimEntry(cid, plan.max_claimable, plan.claim_total)]
+            claim_first = (
+                rows,
+                self.authorizer.sign_digest(
+                    claim_batch_digest(requirements.chain_id, settlement, entries)
+                ),
+            )
+        signature = self.authorizer.sign_digest(
+            refund_digest(requirements.chain_id, settlement, cid, plan.nonce, plan.amount)
+        )
+        try:
+            with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED,
+                            ErrorCode.REFUND_TRANSACTION_FAILED, "payload"):
+                result = await self.chain.refund_with_signature(
+                    config, plan.amount, plan.nonce, signature, claim_first=claim_first
+                )
+        except PaymentError:  # it would revert, or it reverted: the chain did not move
+            await self.store.end_spend(cid, plan.nonce)
+            raise
+        except BaseException:
+            log.warning("refund of 0x%s at nonce %d: outcome unknown; the channel stays locked "
+                        "until the chain shows it or the lock expires", cid.hex(), plan.nonce)
+            raise
+        return result
 
     # --- JSON (the HTTP endpoints) -----------------------------------------------------------
 
@@ -584,6 +609,15 @@ class Facilitator:
                 ErrorCode.REFUND_AMOUNT_INVALID, path + ".amount", "must be positive"
             )
         cid = channel_id(config, requirements.chain_id, self.chain.settlement_address)
+        given = raw.get("refundAuthorizerSignature")
+        ours = (
+            self.authorizer is not None
+            and bytes(config.receiver_authorizer) == self.authorizer.address_bytes
+        )
+        if not given and ours and self.store is not None:
+            # Our key would sign: only against our ledger (every charge claimed first, the
+            # channel locked), never for an amount a caller names over charges not yet claimed.
+            return await self._refund_ours(cid, config, amount, requirements, await self._read(cid))
         claims = [
             _voucher_claim(c, f"{path}.claims[{i}]") for i, c in enumerate(raw.get("claims") or [])
         ]
@@ -597,13 +631,9 @@ class Facilitator:
             if claims
             else None
         )
-        given = raw.get("refundAuthorizerSignature")
         if given:
             signature = bytes.fromhex(str(given).removeprefix("0x"))
-        elif (
-            self.authorizer is not None
-            and bytes(config.receiver_authorizer) == self.authorizer.address_bytes
-        ):
+        elif ours:
             signature = self.authorizer.sign_digest(
                 refund_digest(
                     requirements.chain_id, self.chain.settlement_address, cid, nonce, amount

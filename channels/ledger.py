@@ -65,6 +65,7 @@ __all__ = [
     "Deposited",
     "LedgerError",
     "LedgerPolicy",
+    "PendingSpend",
     "Refunded",
     "Rejection",
     "Reservation",
@@ -103,6 +104,26 @@ class LedgerPolicy:
     reservation_timeout_s: float = 120.0
     withdraw_margin_s: float = 300.0
     max_in_flight: int = 64
+    spend_timeout_s: float = 900.0  # how long a refund in flight blocks the channel at most
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSpend:
+    """An on-chain transaction that takes money out of the channel (a cooperative refund) has
+    been decided and may be in flight. While it is live the channel accepts no voucher: the
+    amounts it was built from (`claim_total` claimed first, `amount` returned to the payer)
+    must not move under it, or the charges made meanwhile could never be claimed.
+
+    It ends when a chain fact shows `refundNonce > nonce` (the refund landed, whoever reports
+    it), when the gateway learns the transaction failed (`channels.spending.end_spend`), or at
+    `expires_at` (a crashed gateway's lock; by then the transaction was mined or dropped).
+    """
+
+    kind: str  # "refund"
+    nonce: int  # the refundNonce the transaction uses
+    claim_total: int  # totalClaimed it sets first (every charge so far)
+    amount: int  # what it returns to the payer
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +155,11 @@ class ChannelState:
     withdraw_delay: int = MIN_WITHDRAW_DELAY
     config: ChannelConfig | None = None
     withdraw_amount: int | None = None  # of the pending withdrawal; None: unknown (or none)
+    spend: PendingSpend | None = None  # a refund decided and maybe in flight (see PendingSpend)
+
+    def spending(self, now: float) -> bool:
+        """Whether a refund of this channel is being submitted on chain at `now`."""
+        return self.spend is not None and self.spend.expires_at > now
 
     @property
     def reserved(self) -> int:
@@ -204,7 +230,7 @@ def _evolve(
     return ChannelState(
         s.channel_id, s.balance, s.total_claimed, s.withdraw_requested_at, s.refund_nonce, charged,
         signed_max_claimable, signature, reservations, unclaimed_since, s.withdraw_delay, s.config,
-        s.withdraw_amount,
+        s.withdraw_amount, s.spend,
     )
 
 
@@ -382,6 +408,12 @@ def accept(
             ErrorCode.CHANNEL_NOT_FOUND,
             "no channel with a positive balance: send a deposit payload",
         )
+    if state.spending(inp.now):
+        return no(
+            ErrorCode.CHANNEL_BUSY,
+            "a refund of this channel is being submitted on chain: retry when it lands "
+            "(a full refund closes the channel: then deposit again)",
+        )
     deadline = state.withdraw_deadline
     if deadline is not None and state.withdraw_amount is not None:
         balance -= state.withdraw_amount  # what stays in the channel when it finalizes
@@ -496,7 +528,19 @@ def _claimed(state: ChannelState, total: int) -> ChannelState:
 
 
 def apply_fact(state: ChannelState, fact: ChainFact) -> ChannelState:
-    """Mirror one on-chain fact. Facts carry absolute values, so replays change nothing."""
+    """Mirror one on-chain fact. Facts carry absolute values, so replays change nothing.
+
+    A fact whose refundNonce passed a pending refund's nonce ends that refund's lock: the
+    refund landed, and the balance the fact carries is the one after it.
+    """
+    state = _mirror(state, fact)
+    spend = state.spend
+    if spend is not None and state.refund_nonce > spend.nonce:
+        return replace(state, spend=None)
+    return state
+
+
+def _mirror(state: ChannelState, fact: ChainFact) -> ChannelState:
     match fact:
         case Deposited(new_balance=b):
             return replace(state, balance=b)
@@ -506,6 +550,10 @@ def apply_fact(state: ChannelState, fact: ChainFact) -> ChannelState:
             return replace(state, withdraw_requested_at=t, withdraw_amount=a)
         case WithdrawFinalized(new_balance=b):
             return replace(state, balance=b, withdraw_requested_at=0, withdraw_amount=None)
+        case Refunded(refund_nonce=n) | Synced(refund_nonce=n) if n < state.refund_nonce:
+            # Read before a refund we already know landed: its balance is the one before
+            # that refund, too high; only its (monotone) totalClaimed still says something.
+            return _claimed(state, fact.total_claimed) if isinstance(fact, Synced) else state
         case Refunded(new_balance=b, refund_nonce=n, withdraw_requested_at=w):
             state = replace(state, balance=b, refund_nonce=max(state.refund_nonce, n))
             if w is None:

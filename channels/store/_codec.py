@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - same JSON, slower
         return json.dumps(d, separators=(",", ":")).encode()
 
 from ..errors import ErrorCode
-from ..ledger import ChannelState, Reservation
+from ..ledger import ChannelState, PendingSpend, Reservation
 from ..wire import ChannelConfig
 
 
@@ -59,6 +59,9 @@ def encode_state(s: ChannelState, *, reservations: bool = True) -> bytes:
         "cfg": s.config.to_json() if s.config is not None else None,
         "wa": None if s.withdraw_amount is None else str(s.withdraw_amount),
     }
+    if s.spend is not None:  # absent rather than null: states written before it decode alike
+        p = s.spend
+        d["sp"] = [p.kind, p.nonce, str(p.claim_total), str(p.amount), p.expires_at]
     return _dumps(d)
 
 
@@ -82,7 +85,15 @@ def decode_state(raw: bytes | str) -> ChannelState:
         withdraw_delay=d["wd"],
         config=ChannelConfig.from_json(cfg, "cfg", ErrorCode.INVALID_PAYLOAD) if cfg else None,
         withdraw_amount=None if d.get("wa") is None else int(d["wa"]),
+        spend=_spend(d.get("sp")),
     )
+
+
+def _spend(raw: list[Any] | None) -> PendingSpend | None:
+    if raw is None:
+        return None
+    kind, nonce, claim_total, amount, expires_at = raw
+    return PendingSpend(kind, nonce, int(claim_total), int(amount), expires_at)
 
 
 def encode_idem(rec: IdempotencyRecord) -> bytes:

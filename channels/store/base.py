@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
-from .. import ledger
+from .. import ledger, spending
+from ..errors import ErrorCode
 from ..ledger import (
     AcceptInput,
     ChainFact,
@@ -29,6 +30,7 @@ from ..ledger import (
     Rejection,
     Reservation,
 )
+from ..spending import RefundPlan
 from ..wire import ChannelConfig
 from ._codec import IdempotencyRecord
 
@@ -132,6 +134,27 @@ class Store(ABC):
 
         op = _IdemOp("drop", idempotency_key, request_id=request_id) if idempotency_key else None
         return await self._transact(channel_id, fn, idem=op, durable=False)
+
+    async def begin_refund(
+        self, channel_id: bytes, requested: int | None, now: float
+    ) -> RefundPlan | Rejection:
+        """Decide a refund and lock the channel against new holds, atomically and durably
+        (see channels.spending.begin_refund); a Rejection says why not."""
+
+        def fn(s: ChannelState | None) -> tuple[ChannelState | None, RefundPlan | Rejection]:
+            if s is None:
+                return None, Rejection(ErrorCode.CHANNEL_NOT_FOUND, "no such channel here")
+            return spending.begin_refund(s, requested=requested, now=now, policy=self.policy)
+
+        return await self._transact(channel_id, fn, durable=True)
+
+    async def end_spend(self, channel_id: bytes, nonce: int) -> bool:
+        """Release the refund lock taken at `nonce` (its transaction failed)."""
+
+        def fn(s: ChannelState | None) -> tuple[ChannelState | None, bool]:
+            return (None, False) if s is None else spending.end_spend(s, nonce)
+
+        return await self._transact(channel_id, fn, durable=True)
 
     async def expire(self, now: float) -> list[Reservation]:
         """Release every reservation that timed out (call it every few seconds)."""

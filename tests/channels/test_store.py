@@ -169,6 +169,35 @@ async def test_reload_equals_state(store, url):
         await again.close()
 
 
+async def test_a_refund_lock_is_atomic_durable_and_ends_with_the_refund(store, url):
+    """begin_refund decides the split and refuses new holds in one write; the lock survives a
+    restart (the refund may still land); the fact that shows the refund landed ends it."""
+    cid = cid_of(21)
+    await store.apply_fact(cid, Synced(balance=5_000, total_claimed=0, refund_nonce=4), config=CFG)
+    await store.accept(acc(cid, 300, 300, "a"))
+    busy = await store.begin_refund(cid, None, T0)
+    assert isinstance(busy, Rejection) and busy.code == ErrorCode.CHANNEL_BUSY
+    await store.commit(cid, "a", 300, T0)
+    plan = await store.begin_refund(cid, None, T0)
+    assert (plan.nonce, plan.claim_total, plan.amount) == (4, 300, 4_700)
+    refused = await store.accept(acc(cid, 600, 300, "b", now=T0 + 1))
+    assert refused.code == ErrorCode.CHANNEL_BUSY
+    store = await _reopen(store, url)
+    try:
+        if not url.startswith("memory"):
+            assert (await store.get(cid)).spend.amount == 4_700
+            assert (await store.accept(acc(cid, 600, 300, "b", now=T0 + 2))).code == ErrorCode.CHANNEL_BUSY
+            await store.apply_fact(cid, Refunded(new_balance=300, refund_nonce=5))
+            assert (await store.get(cid)).spend is None
+            # released after a failed transaction: requests go on
+            await store.apply_fact(cid, Deposited(new_balance=1_000))
+            plan = await store.begin_refund(cid, 100, T0 + 3)
+            assert await store.end_spend(cid, plan.nonce) is True
+            assert isinstance(await store.accept(acc(cid, 600, 300, "c", now=T0 + 3)), Reservation)
+    finally:
+        await store.close()
+
+
 async def test_idempotency_key_replays_and_never_charges_twice(store):
     cid = cid_of(7)
     await store.apply_fact(cid, Synced(balance=1_000, total_claimed=0))

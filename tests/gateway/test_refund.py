@@ -79,3 +79,34 @@ async def test_refund_answer_is_the_payment_response_alone(
                 settled = channels.parse_payment_response(r.headers["PAYMENT-RESPONSE"])
         assert settled.success and settled.amount == PRICE and "results" not in body
         assert body["success"] is True and body["amount"] == str(PRICE)
+
+
+async def test_facilitator_settle_never_signs_a_refund_over_unclaimed_charges(
+    make_config, anvil, null_classifier, jpeg, tmp_path: Path
+) -> None:
+    """POST /facilitator/settle with a server-enriched refund (amount, refundNonce, no
+    signatures) for one of our channels: our key signs it only against our ledger, so the
+    charges are claimed first. Before, it signed the amount asked for: a payer could take back
+    everything it had been charged."""
+    app = create_app(paid_config(make_config, anvil, model="null"), classifier=null_classifier)
+    async with serve(app) as url, client_for(url, tmp_path, DEV_KEYS[6]) as client:
+        for _ in range(3):
+            paid = await client.classify(jpeg, top_k=1)
+        cid = paid.channel_id if isinstance(paid.channel_id, bytes) else bytes.fromhex(paid.channel_id[2:])
+        balance, _ = await onchain_channel(anvil, cid)
+        offer = await client._offer_for(url + "/v1/classify")
+        body = {
+            "x402Version": 2,
+            "paymentPayload": {"x402Version": 2, "payload": {
+                "type": "refund",
+                "channelConfig": client.payer.channel_config(offer).to_json(),
+                "amount": str(balance),
+                "refundNonce": "0",
+            }},
+            "paymentRequirements": offer.to_json(),
+        }
+        async with aiohttp.ClientSession() as s, s.post(url + "/facilitator/settle", json=body) as r:
+            answer = await r.json()
+        assert answer["success"] is True, answer
+        assert int(answer["amount"]) == balance - 3 * PRICE
+        assert await onchain_channel(anvil, cid) == (3 * PRICE, 3 * PRICE)
