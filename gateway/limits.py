@@ -110,7 +110,9 @@ class Deadlines:
         finally:
             deadlines.leave(task)
 
-    ``run()`` is the sweep (a task for the app's lifetime).
+    ``run()`` is the sweep (a task for the app's lifetime). The cancellation reaches the
+    classifier, which takes the request's queued decodes and batch slots back: work past a
+    deadline is dropped, not run on (``inference.Classifier.classify``).
     """
 
     __slots__ = ("_expired", "_running", "tick_s")

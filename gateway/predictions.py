@@ -1,8 +1,9 @@
 """The gateway's use of ``inference``: open the classifier, check images, answer in JSON.
 
-Image checks are header-only (``inference.check_image``) so a bad image is refused before
-any money is reserved; inference failures keep their HTTP status (400/413/415/422 for the
-image, 429/503 with Retry-After for the service)::
+Image checks are header-only (``Classifier.check``: format, bytes, pixels, aspect ratio and
+the size after the model's resize) so a bad image is refused before any money is reserved
+and before any pixel is decoded; inference failures keep their HTTP status (400/413/415/422
+for the image, 429/503 with Retry-After for the service)::
 
     clf = await open_classifier(config)                 # Classifier.load / Classifier.null
     check(clf, upload_bytes)                            # raises Rejected(status, code, msg)
@@ -69,7 +70,10 @@ async def open_classifier(config: GatewayConfig) -> Classifier:
 
 
 def check(clf: Classifier, data: bytes, index: int | None = None) -> None:
-    """Header-only image validation under the classifier's limits; raises Rejected."""
+    """Header-only image validation under the classifier's limits; raises Rejected.
+
+        check(clf, body)          # Rejected(422, "aspect_ratio_too_large", ...) for 1x10000
+    """
     try:
         clf.check(data)
     except ImageError as exc:

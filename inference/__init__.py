@@ -16,6 +16,7 @@ image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``Classifie
 from inference._malloc import keep_freed_memory
 from inference.classifier import BatcherStats, BatchEvent, Classifier, NullClassifier
 from inference.errors import (
+    AspectRatioTooLarge,
     ClassifierClosed,
     ClassifierError,
     CorruptImage,
@@ -25,6 +26,7 @@ from inference.errors import (
     ImageTooLarge,
     InferenceError,
     Overloaded,
+    ResizedTooLarge,
     TooManyPixels,
     UnsupportedFormat,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MODEL",
     "AnimalGroup",
+    "AspectRatioTooLarge",
     "BatchEvent",
     "BatcherStats",
     "Classifier",
@@ -64,6 +67,7 @@ __all__ = [
     "Overloaded",
     "Prediction",
     "Preprocessor",
+    "ResizedTooLarge",
     "TooManyPixels",
     "UnsupportedFormat",
     "check_image",

@@ -15,6 +15,11 @@ next image within that time, so batches stay full. The batch is padded to the ne
 whose deadline has passed are dropped before compute. Admission is bounded: more than
 ``queue_size`` images admitted and not yet computed raise ``Overloaded`` at once.
 
+Work for a request nobody waits for is dropped, not run on: a decode that waited for a
+thread past its request's deadline is not started (DeadlineExceeded), and the decodes of a
+request that failed or was cancelled (the gateway's deadline sweep cancels its task) are
+taken out of the pool's queue.
+
 ``batch_cap``: warm-up times every bucket and caps batches at the smallest bucket within 5%
 of the best images/s. On a GPU that is usually ``max_batch``; on a 2-core CPU lite0 peaks
 near batch 8 and a batch of 32 runs at half the speed (its activations leave the caches),
@@ -243,8 +248,9 @@ class Classifier:
         self._listeners.append((asyncio.get_running_loop(), listener))
 
     def check(self, data: bytes) -> ImageInfo:
-        """Header-only validation under this classifier's limits (raises ImageError)."""
-        return check_image(data, self.limits)
+        """Header-only validation under this classifier's limits and the model's resize
+        (raises ImageError): the same rules ``classify`` applies when it decodes."""
+        return self.preprocessor.check(data)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -297,15 +303,47 @@ class Classifier:
         self._admit(len(images))
         slots = len(images)
         try:
-            loop = asyncio.get_running_loop()
-            decoded = [loop.run_in_executor(self._decoder, self.preprocessor, data)
-                       for data in images]
-            tensors = await _gather_images(decoded)
+            assert self._decoder is not None
+            jobs = [self._decoder.submit(self._decode_by, data, deadline) for data in images]
+            try:
+                tensors = await _gather_images([asyncio.wrap_future(job) for job in jobs])
+            except BaseException:
+                self._drop_decodes(jobs)
+                raise
             slots = 0  # _submit now owns them
             return await self._submit(tensors, top_k, deadline, admitted=True)
         finally:
             if slots:
                 self._release(slots)
+
+    def _decode_by(self, data: bytes, deadline: float | None) -> torch.Tensor:
+        """Preprocess one image in a pool thread, unless its deadline passed while it waited.
+
+            pool.submit(clf._decode_by, jpeg, time.monotonic() + 30.0)
+
+        The caller has been answered 503 by then (or is about to be): decoding would only
+        take a thread from requests that can still make it.
+        """
+        if deadline is not None and time.monotonic() >= deadline:
+            with self._cond:
+                self._counts["expired"] += 1
+            raise DeadlineExceeded("dropped before decoding: the deadline passed while the image "
+                                   "waited for a decode thread; retry with a later deadline or "
+                                   "at lower load", retry_after=1)
+        return self.preprocessor(data)
+
+    def _drop_decodes(self, jobs: list[concurrent.futures.Future]) -> None:
+        """Take a failed or cancelled request's decodes that have not started out of the pool.
+
+            self._drop_decodes(jobs)      # counted in stats().cancelled
+
+        ``Future.cancel`` succeeds only for a job still queued (a running decode cannot be
+        interrupted, and is bounded by the image limits).
+        """
+        dropped = sum(job.cancel() for job in jobs)  # True: queued, or already cancelled
+        if dropped:
+            with self._cond:
+                self._counts["cancelled"] += dropped
 
     async def classify_tensors(
         self, batch: torch.Tensor | Sequence[torch.Tensor], top_k: int = 5,
@@ -576,6 +614,10 @@ class NullClassifier(Classifier):
 
     def add_batch_listener(self, listener: Callable[[BatchEvent], None]) -> None:
         pass
+
+    def check(self, data: bytes) -> ImageInfo:
+        """Header-only validation; no model, so every limit but the resized size."""
+        return check_image(data, self.limits)
 
     async def start(self) -> None:
         if self._closing:

@@ -14,6 +14,7 @@ Every message names the problem and the fix, so it can be shown to the caller as
 from __future__ import annotations
 
 __all__ = [
+    "AspectRatioTooLarge",
     "ClassifierClosed",
     "ClassifierError",
     "CorruptImage",
@@ -23,6 +24,7 @@ __all__ = [
     "ImageTooLarge",
     "InferenceError",
     "Overloaded",
+    "ResizedTooLarge",
     "TooManyPixels",
     "UnsupportedFormat",
 ]
@@ -86,6 +88,29 @@ class TooManyPixels(ImageError):
 
     status = 413
     code = "too_many_pixels"
+
+
+class AspectRatioTooLarge(ImageError):
+    """Long side over short side above the limit, found from the header (HTTP 422).
+
+    The resize to the model's input scales the short side up to a few hundred pixels, so a
+    1x10000 strip of 3 KB would become 256 x 2,560,000 pixels (gigabytes, seconds of CPU).
+    422, not 413: the image is not too big (a smaller copy has the same shape); the fix is
+    to crop or pad it.
+    """
+
+    status = 422
+    code = "aspect_ratio_too_large"
+
+
+class ResizedTooLarge(ImageError):
+    """The image as resized for the model (before the centre crop) would exceed the pixel
+    limit for that stage (HTTP 422). A backstop for models with a large input size: with the
+    default limits and a 224-300 px model the aspect ratio limit is always hit first.
+    """
+
+    status = 422
+    code = "resized_too_large"
 
 
 class UnsupportedFormat(ImageError):

@@ -1,9 +1,13 @@
 """Image bytes to the model's input tensor, with limits checked before anything is decoded.
 
-    limits = ImageLimits(max_bytes=10_000_000, max_pixels=40_000_000)
+    limits = ImageLimits(max_bytes=10_000_000, max_pixels=40_000_000, max_aspect_ratio=10.0)
     info = check_image(body, limits)            # header only: format, size; raises ImageError
     pre = Preprocessor(data_config, limits)     # data_config from timm's resolve_data_config
+    pre.check(body)                             # the same, plus the size after the model's resize
     tensor = pre(body)                          # float32 (3, H, W), normalized for the model
+
+Every limit is read from the header (Pillow's ``Image.open`` is lazy), in ``_open``: the one
+place the rules live, used by both the check before payment and the decode itself.
 
 JPEG, PNG and still WebP are accepted. JPEGs decode in draft mode at the smallest DCT scale
 that still covers the resize target (up to 8x less work for big photos), EXIF orientation is
@@ -22,9 +26,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.errors import (
+    AspectRatioTooLarge,
     CorruptImage,
     EmptyImage,
     ImageTooLarge,
+    ResizedTooLarge,
     TooManyPixels,
     UnsupportedFormat,
 )
@@ -32,7 +38,7 @@ from inference.errors import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ImageInfo", "ImageLimits", "Preprocessor", "check_image"]
+__all__ = ["ImageInfo", "ImageLimits", "Preprocessor", "check_image", "resized_size"]
 
 # Magic numbers of the accepted formats: we sniff them ourselves so that "not an image we take"
 # (415) is told apart from "one of ours but damaged" (422) before Pillow parses anything.
@@ -44,12 +50,38 @@ _SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
 _ACCEPTED = "JPEG, PNG or WebP"
 
 
+# timm's crop_pct when a data config names none (the short side goes to input / crop_pct).
+_TIMM_DEFAULT_CROP_PCT = 0.875
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageLimits:
-    """What an upload may be: bytes before reading, pixels (width x height) before decoding."""
+    """What an upload may be, all read from the header before any pixel is decoded.
+
+        ImageLimits()                          # 10 MB, 40 MP, 10:1, 4 MP after the resize
+        ImageLimits(max_aspect_ratio=4.0)      # a stricter gateway
+
+    ``max_pixels`` bounds the decode (width x height). ``max_aspect_ratio`` (long side over
+    short side) and ``max_resized_pixels`` bound the resize to the model's input, which
+    scales the *short* side to a few hundred pixels: a 1x10000 strip passes the pixel count
+    and then becomes 256 x 2,560,000 pixels (2.6 GB, 10 s of CPU) before the centre crop.
+    """
 
     max_bytes: int = 10_000_000
     max_pixels: int = 40_000_000
+    # 10:1 keeps phone panoramas (about 3:1 to 8:1), 32:9 and triple-monitor screenshots
+    # (3.6:1, 5.3:1) and web banners (728x90 is 8.1:1). Past it the model's centre crop sees
+    # under a tenth of the picture, and the resize costs grow with the ratio.
+    max_aspect_ratio: float = 10.0
+    # The resized picture before its centre crop (12 MB as RGB). At 10:1 a 224 px model
+    # (short side 256) makes 655,360 pixels; this binds first only where the resized short
+    # side is above 632 px (inputs of about 560 px and more).
+    max_resized_pixels: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_aspect_ratio < 1.0:
+            raise ValueError(f"max_aspect_ratio={self.max_aspect_ratio}: must be at least 1 "
+                             "(long side over short side)")
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -92,8 +124,60 @@ def _describe_unknown(data: bytes) -> str:
         return "not an image we recognise"
 
 
-def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Open lazily (header only) and apply every limit; raises a typed ImageError."""
+def resized_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size the model's resize gives before its centre crop: the short side becomes
+    ``side`` and the long side keeps the ratio (torchvision ``Resize(side)``, timm's eval).
+
+        resized_size(1, 10_000, 256)       # (256, 2_560_000)
+        resized_size(4000, 3000, 256)      # (341, 256)
+    """
+    if width <= height:
+        return side, int(side * height / width)
+    return int(side * width / height), side
+
+
+def _ratio_text(long: int, short: int) -> str:
+    """``long / short`` for a message, rounded up so that it never reads as the limit itself.
+
+        _ratio_text(10_000, 1)     # "10,000"
+        _ratio_text(2001, 200)     # "10.01"
+    """
+    ratio = math.ceil(long / short * 100) / 100
+    return f"{ratio:,.2f}".rstrip("0").rstrip(".")
+
+
+def _check_shape(width: int, height: int, limits: ImageLimits, resize_side: int | None) -> None:
+    """Refuse a shape that the resize to the model's input would blow up; header numbers only.
+
+        _check_shape(1, 10_000, DEFAULT_LIMITS, 256)     # raises AspectRatioTooLarge
+        _check_shape(640, 480, DEFAULT_LIMITS, 256)      # passes
+
+    ``resize_side`` is the short side after the resize (None: the model is not known, and
+    only the aspect ratio is checked).
+    """
+    long, short = max(width, height), min(width, height)
+    if long > limits.max_aspect_ratio * short:
+        limit = f"{limits.max_aspect_ratio:g}:1"
+        raise AspectRatioTooLarge(
+            f"the image is {width}x{height}: aspect ratio {_ratio_text(long, short)}:1 exceeds "
+            f"the {limit} limit; crop or pad it to at most {limit}"
+        )
+    if resize_side is None:
+        return
+    new_width, new_height = resized_size(width, height, resize_side)
+    if new_width * new_height > limits.max_resized_pixels:
+        raise ResizedTooLarge(
+            f"the image is {width}x{height}: resized for the model (short side {resize_side} px) "
+            f"it becomes {new_width}x{new_height} = {new_width * new_height:,} pixels, above the "
+            f"limit of {limits.max_resized_pixels:,}; crop or pad it closer to square"
+        )
+
+
+def _open(data: bytes, limits: ImageLimits, resize_side: int | None = None) -> Image.Image:
+    """Open lazily (header only) and apply every limit; raises a typed ImageError.
+
+    ``resize_side``: the short side after the model's resize, for ``max_resized_pixels``.
+    """
     if not data:
         raise EmptyImage("the image is empty (0 bytes); send the image file as the request body")
     if len(data) > limits.max_bytes:
@@ -127,6 +211,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             f"the image is {width}x{height} = {width * height:,} pixels, above the limit of "
             f"{limits.max_pixels:,}; downscale it"
         )
+    _check_shape(width, height, limits, resize_side)
     # JPEGs may carry extra pictures (MPO: phones store depth maps or previews); the first
     # is the photo. Only PNG and WebP frames are an animation.
     if fmt != "JPEG" and getattr(image, "is_animated", False):
@@ -137,15 +222,17 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
-def check_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> ImageInfo:
+def check_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS,
+                resize_side: int | None = None) -> ImageInfo:
     """Validate an upload from its header alone (tens of microseconds), before paying for work.
 
         info = check_image(body)          # raises EmptyImage, ImageTooLarge, TooManyPixels,
-        print(info.width, info.height)    # UnsupportedFormat or CorruptImage
+        print(info.width, info.height)    # AspectRatioTooLarge, UnsupportedFormat or CorruptImage
+        check_image(body, resize_side=256)    # ... or ResizedTooLarge (Preprocessor.check)
 
     Damage past the header (a truncated JPEG) is found only by decoding, in ``Preprocessor``.
     """
-    image = _open(data, limits)
+    image = _open(data, limits, resize_side)
     fmt = "JPEG" if image.format == "MPO" else image.format or ""
     return ImageInfo(format=fmt, width=image.size[0], height=image.size[1], mode=image.mode)
 
@@ -195,16 +282,22 @@ class Preprocessor:
         self.input_size: tuple[int, int] = (height, width)
         # timm's eval transform: resize the short side to size / crop_pct, centre crop, normalize.
         self._transform = create_transform(**self.data_config, is_training=False)
-        crop_pct = self.data_config.get("crop_pct") or 1.0
-        self._draft_side = math.floor(max(height, width) / crop_pct)
+        crop_pct = self.data_config.get("crop_pct") or _TIMM_DEFAULT_CROP_PCT
+        # The short side after the resize (the larger one for a non-square input: an upper
+        # bound for every crop mode, which is what the limit needs).
+        self.resize_side = math.floor(max(height, width) / crop_pct)
+        self._draft_side = self.resize_side
 
     def check(self, data: bytes) -> ImageInfo:
-        """Header-only validation under this preprocessor's limits (see ``check_image``)."""
-        return check_image(data, self.limits)
+        """Header-only validation under this preprocessor's limits and resize (``check_image``).
+
+            pre.check(body)       # raises ImageError, e.g. AspectRatioTooLarge for 1x10000
+        """
+        return check_image(data, self.limits, self.resize_side)
 
     def decode(self, data: bytes) -> Image.Image:
         """The upright RGB picture; raises a typed ImageError for anything else."""
-        image = _open(data, self.limits)
+        image = _open(data, self.limits, self.resize_side)
         try:
             if image.format in ("JPEG", "MPO"):
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers the resize target.

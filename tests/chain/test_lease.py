@@ -11,6 +11,7 @@ from chain_env import PRICE, PROVIDER_KEY, ChainEnv, make_env
 
 import channels
 from channels.settler import ChainSync, RedisLease, SettlerPolicy, lease_for
+from tests.polling import until
 
 pytestmark = pytest.mark.redis
 REDIS_DB = 12
@@ -30,13 +31,6 @@ async def test_redis_lease_is_exclusive_and_expires() -> None:
     finally:
         await a.close()
         await b.close()
-
-
-async def _until(check, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 async def test_two_gateways_on_one_redis_store_run_one_settler(anvil, tmp_path) -> None:
@@ -73,13 +67,13 @@ async def test_two_gateways_on_one_redis_store_run_one_settler(anvil, tmp_path) 
         async def claimed(amount: int) -> bool:
             return (await gateways[0].chain.read_channel(cid)).total_claimed == amount
 
-        await _until(lambda: claimed(charged))
+        await until(lambda: claimed(charged), interval=0.1)
 
         syncs[
             leader
         ]._task.cancel()  # the leader dies without releasing: the follower takes over after the TTL
         more = await gateways[leader].charge(cfg, 3)
-        await _until(lambda: claimed(more))
+        await until(lambda: claimed(more), interval=0.1)
         assert syncs[follower].leader
         claims = [e for e in await gateways[0].chain.journal.entries() if e.kind == "claim"]
         # one claim per leader at least (the new leader may claim the 3 charges in two rounds

@@ -11,13 +11,7 @@ from chain_env import PAYER_KEYS, PROVIDER_KEY, WITHDRAW_DELAY, ChainEnv
 import channels
 from channels.chain import config_tuple
 from channels.settler import ChainSync, SettlerPolicy
-
-
-async def _until(predicate, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+from tests.polling import until
 
 
 async def test_withdrawal_with_unclaimed_charges_is_claimed_before_the_delay(env: ChainEnv) -> None:
@@ -46,7 +40,7 @@ async def test_withdrawal_with_unclaimed_charges_is_claimed_before_the_delay(env
     )
     sync.start()
     try:
-        await _until(lambda: _synced(sync))
+        await until(lambda: _synced(sync), interval=0.05)
         assert (await env.store.get(env.cid(cfg))).total_claimed == 0  # nothing claimed yet
         receipt = await env.payer_send(payer, "initiateWithdraw", config_tuple(cfg), deposit)
         started = (await env.w3.eth.get_block(receipt["blockNumber"]))["timestamp"]
@@ -55,8 +49,8 @@ async def test_withdrawal_with_unclaimed_charges_is_claimed_before_the_delay(env
             st = await env.store.get(env.cid(cfg))
             return st.total_claimed == charged and st.withdraw_requested_at == started
 
-        await _until(claimed)
-        await _until(lambda: _settled(env, provider_before + charged + other_charged))
+        await until(claimed, interval=0.05)
+        await until(lambda: _settled(env, provider_before + charged + other_charged), interval=0.05)
     finally:
         await sync.stop()
 

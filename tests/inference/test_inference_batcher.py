@@ -19,6 +19,7 @@ from inference import (
     Overloaded,
 )
 from inference.buckets import bucket_for, default_buckets, normalize_buckets
+from tests.polling import until
 
 
 def test_default_buckets_bound_the_padding() -> None:
@@ -37,23 +38,16 @@ def _rows(classifier: Classifier, n: int) -> torch.Tensor:
     return torch.zeros(n, *classifier.input_shape)
 
 
-async def _until(predicate, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
 async def test_a_full_queue_raises_overloaded_and_a_cancelled_request_frees_its_slots(
     small_batcher: Classifier,
 ) -> None:
     clf = small_batcher
     await clf.start()
     busy = asyncio.ensure_future(clf.classify_tensors(_rows(clf, 4)))
-    await _until(lambda: clf.stats().computing == 4)
+    await until(lambda: clf.stats().computing == 4)
     # The worker computes `busy`; these four fill the queue of 4.
     waiting = asyncio.ensure_future(clf.classify_tensors(_rows(clf, 4)))
-    await _until(lambda: clf.stats().queued == 4)
+    await until(lambda: clf.stats().queued == 4)
     with pytest.raises(Overloaded) as info:
         await clf.classify_tensors(_rows(clf, 1))
     assert info.value.status == 429 and info.value.retry_after >= 1
@@ -84,7 +78,7 @@ async def test_expired_requests_are_dropped_before_compute(small_batcher: Classi
     assert past.value.status == 503
 
     busy = asyncio.ensure_future(clf.classify_tensors(_rows(clf, 4)))
-    await _until(lambda: clf.stats().computing == 4)
+    await until(lambda: clf.stats().computing == 4)
     # Queued behind a 4-image forward pass that takes far longer than a millisecond.
     with pytest.raises(DeadlineExceeded, match="dropped before compute"):
         await clf.classify_tensors(_rows(clf, 2), deadline=time.monotonic() + 0.001)
@@ -115,7 +109,7 @@ async def test_padding_to_buckets_and_batch_events(small_batcher: Classifier) ->
     clf.add_batch_listener(events.append)
     results = await clf.classify_tensors(_rows(clf, 3), top_k=2)
     assert len(results) == 3 and all(len(r) == 2 for r in results)
-    await _until(lambda: bool(events))
+    await until(lambda: bool(events))
     assert (events[0].size, events[0].padded) == (3, 4)
     assert events[0].compute_s > 0
     assert clf.stats().padded_images == 4
@@ -150,7 +144,7 @@ async def test_warm_up_times_every_bucket_and_caps_batches_at_one(lite0) -> None
         events = []
         clf.add_batch_listener(events.append)
         await asyncio.gather(*(clf.classify_tensors(_rows(clf, 1)) for _ in range(12)))
-        await _until(lambda: sum(e.size for e in events) == 12)
+        await until(lambda: sum(e.size for e in events) == 12)
         assert max(e.size for e in events) <= clf.batch_cap
     finally:
         await clf.close()
