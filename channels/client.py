@@ -17,6 +17,21 @@ charge, request and answer digests, model version) of every answer. Several clas
 may run at once on one channel; a deposit in flight holds the others back until it lands, so
 no voucher ever counts on money that is not on-chain yet.
 
+Every paid request carries an `Idempotency-Key` (``pay_`` + 32 hex digits; also sent as the
+x402 `payment-identifier` extension's id when the server's 402 declares that extension). When
+no answer comes back (connection lost, timeout, 502/504) or a transient one does (503, 409
+``idempotency_key_in_use``), the very same request is sent again — same key, same payment —
+at most `retries` times with backoff (``Retry-After`` when given): a gateway that committed
+the first answer replays it, so a lost answer is recovered and never charged twice. (A lost
+answer is asked for again only from a server known to replay it: see `PaymentClient`.)
+
+A payer whose state file is new or stale (another file of the same key paid, or the file was
+lost, and the gateway has claimed since) recovers without a withdrawal: the gateway's
+corrective 402 (``cumulative_amount_mismatch`` or ``cumulative_below_claimed``) and its
+channel view carry the payer's own last voucher, which `Payer.adopt` checks before adopting
+the charged total (never above what the payer signed, never below on-chain totalClaimed).
+`sync()` rebuilds the local state from the gateway and the chain on demand.
+
 `post/get/request` pay for any x402 batch-settlement resource the same way and hand back the
 raw answer (`PaidResponse`). `SyncPaymentClient` wraps it all for scripts without asyncio.
 
@@ -34,25 +49,30 @@ import hashlib
 import json
 import os
 import random
+import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from .errors import ErrorCode, PaymentError
-from .payer import ChannelHalted, ChannelRecord, Payer, Payment
+from .payer import ChannelHalted, ChannelRecord, Payer, Payment, RecoveryRefused
 from .signing import Signer
 from .wire import (
+    ChannelStateSnapshot,
     PaymentRequired,
     PaymentRequirements,
     SettleResponse,
     SignedReceipt,
+    VoucherStateSnapshot,
     parse_payment_required,
     parse_payment_response,
 )
 
 __all__ = [
+    "DEFAULT_RETRIES",
     "DEFAULT_STATE",
+    "IDEMPOTENCY_KEY",
     "ChainError",
     "Classification",
     "ClientError",
@@ -63,10 +83,13 @@ __all__ = [
     "PaymentRefused",
     "Prediction",
     "ReceiptInvalid",
+    "RecoveryRefused",
     "RequestFailed",
     "SyncPaymentClient",
+    "SyncResult",
     "WithdrawStatus",
     "load_image",
+    "new_idempotency_key",
     "parse_channel_id",
     "read_onchain",
 ]
@@ -79,6 +102,15 @@ MAX_TOP_K = 1000  # ImageNet-1k has 1000 classes; the gateway's own cap (20 by d
 _MISMATCH = (ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED)
 _BUSY_RETRIES = 8  # channel_busy / overloaded answers retried by classify before giving up
 _RETRY_AFTER_CAP_S = 5.0
+IDEMPOTENCY_KEY = "Idempotency-Key"
+PAYMENT_IDENTIFIER = "payment-identifier"  # the x402 extension naming the same id
+DEFAULT_RETRIES = 3  # resends of one paid request whose answer was lost or transient
+DEFAULT_RETRY_BACKOFF_S = 0.25  # first resend's wait; doubles per resend (capped, jittered)
+# Answers after which the very same request (same key, same payment) is sent again. 503:
+# the server did not serve it (nothing charged). 502/504 (a proxy lost the answer) and no
+# answer at all: only to a server known to replay a charged answer for its key.
+_NOT_SERVED = frozenset({503})
+_ANSWER_LOST = frozenset({502, 504})
 _IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, content type)
     (b"\xff\xd8\xff", 0, "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
@@ -168,6 +200,7 @@ class PaidResponse:
     payment: Payment | None = None
     settlement: SettleResponse | None = None
     required: PaymentRequired | None = None  # the 402's terms, when the answer is a 402
+    recovery_refused: str | None = None  # why a corrective 402's state was not adopted
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -251,6 +284,40 @@ class WithdrawStatus:
                 "finalized": self.finalized, "balance": str(self.balance)}
 
 
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """A channel rebuilt by `PaymentClient.sync` (amounts in token base units).
+
+    `source` says what the record now rests on: ``gateway`` (the gateway's charged total,
+    proven by the payer's own voucher), ``gateway+chain`` (the same, floored and funded by
+    the chain's figures), or ``chain`` (no proof at the gateway: on-chain totalClaimed, the
+    spec's cold-start baseline). `before` is the record as it was (None: the file had none).
+    """
+
+    channel_id: str
+    source: str
+    record: ChannelRecord
+    before: ChannelRecord | None
+    gateway: dict[str, Any] | None  # GET /v1/channels/ID as answered (None: unknown there)
+    chain: dict[str, Any] | None  # the chain's figures (None: no rpc_url)
+
+    def to_json(self) -> dict[str, Any]:
+        rec, before = self.record, self.before
+        return {
+            "channelId": self.channel_id,
+            "source": self.source,
+            "balance": str(rec.balance),
+            "charged": str(rec.charged),
+            "remaining": str(max(rec.balance - rec.charged, 0)),
+            "signedMax": str(rec.signed_max),
+            "before": None if before is None else {
+                "balance": str(before.balance), "charged": str(before.charged),
+                "signedMax": str(before.signed_max)},
+            "gateway": self.gateway,
+            "chain": self.chain,
+        }
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -266,12 +333,23 @@ class PaymentClient:
         payer: signs and remembers the channel (its deposit policy sizes deposits).
         session: an aiohttp ClientSession to share (default: one of its own).
         base_url: the gateway, for `classify`, `models`, `channel_status`, `refund`.
-        rpc_url: a JSON-RPC node of the channel's chain, for `withdraw` / `finalize_withdraw`.
+        rpc_url: a JSON-RPC node of the channel's chain, for `withdraw` / `finalize_withdraw`,
+            `sync`, and to floor an adopted state at the chain's totalClaimed.
         timeout_s: per HTTP request.
+        retries: resends of a paid request whose answer was lost (connection error, timeout,
+            502/504) or transient (503, 409 idempotency_key_in_use): same Idempotency-Key,
+            same payment, so the gateway replays what it already charged. 0 turns them off.
+            A lost answer is asked for again only from a server known to replay it: a
+            paychan gateway (`classify`, or any URL whose answers carried our signed receipt)
+            or one whose 402 declares x402's `payment-identifier`; another server could serve
+            and charge the request again, so there the loss raises GatewayUnreachable.
+        retry_backoff_s: the first resend's wait when the answer names no Retry-After;
+            doubled per resend, jittered, capped at 5 s.
 
     The first request to a URL learns the terms from a 402; later ones pay at once. A
-    corrective 402 is adopted (after `Payer.recover` checks the payer's own signature) and
-    the request is retried once. Requests may run concurrently on one channel.
+    corrective 402 is adopted (after `Payer.adopt` checks the payer's own signature) and
+    the request is retried once. Requests may run concurrently on one channel. `resent`
+    counts the resends so far.
     """
 
     def __init__(
@@ -282,14 +360,26 @@ class PaymentClient:
         base_url: str | None = None,
         rpc_url: str | None = None,
         timeout_s: float = 120.0,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InputError(f"retries must be a whole number >= 0, got {retries!r}")
+        if retry_backoff_s < 0:
+            raise InputError(f"retry_backoff_s must be >= 0 seconds, got {retry_backoff_s!r}")
         self.payer = payer
         self.base_url = base_url.rstrip("/") if base_url else None
         self.rpc_url = rpc_url
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.resent = 0
         self._session = session
         self._own_session = session is None
         self._timeout_s = timeout_s
         self._offers: dict[str, PaymentRequirements] = {}
+        # what each URL's 402 declared in `extensions` (the payment-identifier one is echoed)
+        self._declared: dict[str, Mapping[str, Any]] = {}
+        self._receipted: set[str] = set()  # URLs whose answers carried our signed receipt
         self._offer_locks: dict[str, asyncio.Lock] = {}
         self._deposit_locks: dict[bytes, asyncio.Lock] = {}
         self._own_payer = False
@@ -306,12 +396,15 @@ class PaymentClient:
         deposit_requests: int | None = None,
         salt: bytes = bytes(32),
         timeout_s: float = 120.0,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> PaymentClient:
         """A client with its own `Payer` for `key` (hex), its channels kept in `state`.
 
         `deposit` sizes each deposit in token base units; else `deposit_requests` x the price
         (default 10). `state` defaults to ~/.paychan/payer.sqlite (its folder is created).
         The payer requires our signed receipt on every answer. `close()` closes the file.
+        `retries` / `retry_backoff_s`: see the class.
         """
         path = _state_path(state)
         kwargs: dict[str, Any] = {}
@@ -323,7 +416,12 @@ class PaymentClient:
                           **kwargs)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        client = cls(payer, base_url=base_url, rpc_url=rpc_url, timeout_s=timeout_s)
+        try:
+            client = cls(payer, base_url=base_url, rpc_url=rpc_url, timeout_s=timeout_s,
+                         retries=retries, retry_backoff_s=retry_backoff_s)
+        except InputError:
+            payer.close()
+            raise
         client._own_payer = True
         return client
 
@@ -440,14 +538,44 @@ class PaymentClient:
         transaction. With `url` it goes to that paid resource as a PAYMENT-SIGNATURE header,
         as the spec describes for any x402 server. Raises PaymentRefused with the server's
         code (e.g. ``..._refund_no_balance``, ``..._channel_busy``).
+
+        A payer file that is new or stale (the refund voucher is below what is claimed on
+        chain: ``..._cumulative_below_claimed``) is rebuilt from the server's proof (the
+        corrective 402's state, else the gateway's GET /v1/channels/ID) after `Payer.adopt`
+        checks it, and the refund is sent once more.
         """
         if amount is not None and (isinstance(amount, bool) or amount <= 0):
             raise InputError(
                 f"refund amount must be a positive number of base units, got {amount!r}"
             )
-        if url is None:
-            offer = await self._offer_for(self._endpoint("/v1/classify"))
+        offer = await self._offer_for(url or self._endpoint("/v1/classify"), method=method)
+        if self.payer.channel(self.payer.channel_id(offer)) is None:
+            await self._adopt_view(offer, url)  # a new file: the gateway's proof, else the chain
+        recovered = False
+        while True:
             payment = self._refund_payment(offer, amount)
+            settlement, required = await self._send_refund(url, offer, payment, method)
+            self.payer.settle(payment, settlement)
+            if settlement.success:
+                return settlement
+            refused = None
+            if not recovered and settlement.error_reason in _MISMATCH:
+                refused = await self._recover_refund(payment, offer, url, required)
+                if refused is None:
+                    recovered = True
+                    continue
+            note = f"; the server's state was not adopted: {refused}" if refused else ""
+            raise PaymentRefused(
+                settlement.error_reason or str(ErrorCode.REFUND_TRANSACTION_FAILED),
+                f"refund failed: {settlement.error_message}{note}", required,
+            )
+
+    async def _send_refund(
+        self, url: str | None, offer: PaymentRequirements, payment: Payment, method: str
+    ) -> tuple[SettleResponse, PaymentRequired | None]:
+        """Send a signed refund; its settlement (success or not) and, with `url`, the 402's
+        terms when refused (they may carry the corrective state)."""
+        if url is None:
             body = json.dumps({"x402Version": 2, "paymentPayload": payment.payload.to_json(),
                                "paymentRequirements": offer.to_json()}).encode()
             target = self._endpoint("/facilitator/settle")
@@ -457,31 +585,124 @@ class PaymentClient:
             if status != 200:
                 raise RequestFailed(status, _error_code(answer), f"refund: {_error_text(answer)}")
             try:
-                settlement = SettleResponse.from_json(json.loads(answer))
+                return SettleResponse.from_json(json.loads(answer)), None
             except (ValueError, PaymentError) as exc:
                 raise RequestFailed(status, None, f"{target} answered no SettleResponse: {exc}")
+        status, got, answer = await self._send(
+            method, url, None, {"PAYMENT-SIGNATURE": payment.header}
+        )
+        required = _payment_required(got, answer) if status == 402 else None
+        raw = got.get("PAYMENT-RESPONSE")
+        if raw is None:
+            if required is not None:
+                raise PaymentRefused(
+                    required.error, f"refund refused: {_error_text(answer)}", required
+                )
+            raise RequestFailed(status, _error_code(answer), f"refund: {_error_text(answer)}")
+        return parse_payment_response(raw), required
+
+    async def _recover_refund(
+        self,
+        payment: Payment,
+        offer: PaymentRequirements,
+        url: str | None,
+        required: PaymentRequired | None,
+    ) -> str | None:
+        """Adopt the server's proven state after a refund refused as stale; why not, or None."""
+        if required is not None and any(a.extra.voucher_state for a in required.accepts):
+            figures = await self._chain_figures(payment.channel_id)
+            return self.payer.recover_reason(payment, required, **figures)
+        try:
+            await self._adopt_view(offer, url)
+        except (RecoveryRefused, InputError) as exc:
+            return str(exc)
+        return None
+
+    async def _adopt_view(self, offer: PaymentRequirements, url: str | None) -> ChannelRecord:
+        """Rebuild this payer's channel for `offer` from the gateway's view (GET
+        /v1/channels/ID: its charged total with the payer's own last voucher), floored at the
+        chain's figures when `rpc_url` is set; from the chain alone when the gateway has no
+        proof. Raises RecoveryRefused (the proof failed `Payer.adopt`) or InputError."""
+        return (await self._rebuild(offer, url)).record
+
+    async def _rebuild(self, offer: PaymentRequirements, url: str | None) -> SyncResult:
+        cid = self.payer.channel_id(offer)
+        before = self.payer.channel(cid)
+        view = await self._channel_view(cid, url)
+        onchain = await self._onchain_figures(cid) if self.rpc_url else None
+        proof = view.get("voucherState") if view is not None else None
+        if view is not None and proof:
+            state = ChannelStateSnapshot.from_json(view, "channel", ErrorCode.INVALID_PAYLOAD)
+            voucher = VoucherStateSnapshot.from_json(proof, "voucherState",
+                                                     ErrorCode.INVALID_PAYLOAD)
+            record = self.payer.adopt(
+                offer, state, voucher,
+                total_claimed=None if onchain is None else onchain["totalClaimed"],
+                balance=None if onchain is None else onchain["balance"],
+            )
+            source = "gateway" if onchain is None else "gateway+chain"
+        elif onchain is not None and (onchain["balance"] or before is not None):
+            self.payer.resync(offer, balance=onchain["balance"],
+                              total_claimed=onchain["totalClaimed"])
+            record, source = self.payer.channel(cid), "chain"  # type: ignore[assignment]
         else:
-            offer = await self._offer_for(url, method=method)
-            payment = self._refund_payment(offer, amount)
-            status, got, answer = await self._send(
-                method, url, None, {"PAYMENT-SIGNATURE": payment.header}
+            where = "does not know it" if view is None else "holds no voucher of it"
+            raise InputError(
+                f"channel 0x{cid.hex()}: the gateway {where}"
+                + (" and it holds nothing on chain: classify an image first"
+                   if onchain is not None else
+                   "; pass rpc_url= (paychan channel sync --rpc URL) to rebuild from the chain")
             )
-            raw = got.get("PAYMENT-RESPONSE")
-            if raw is None:
-                if status == 402:
-                    required = _payment_required(got, answer)
-                    raise PaymentRefused(
-                        required.error, f"refund refused: {_error_text(answer)}", required
-                    )
-                raise RequestFailed(status, _error_code(answer), f"refund: {_error_text(answer)}")
-            settlement = parse_payment_response(raw)
-        self.payer.settle(payment, settlement)
-        if not settlement.success:
-            raise PaymentRefused(
-                settlement.error_reason or str(ErrorCode.REFUND_TRANSACTION_FAILED),
-                f"refund failed: {settlement.error_message}",
-            )
-        return settlement
+        chain = None if onchain is None else {k: str(v) if isinstance(v, int) else v
+                                              for k, v in onchain.items()}
+        return SyncResult("0x" + cid.hex(), source, record, before, view, chain)
+
+    async def sync(self, url: str | None = None) -> SyncResult:
+        """Rebuild the local state of this payer's channel with the gateway, from the gateway
+        and the chain (`paychan channel sync`): for a lost or stale state file.
+
+            >>> result = await client.sync()
+            >>> result.source, result.record.charged, result.record.balance
+            ('gateway+chain', 5000, 10000)
+
+        The gateway's charged total is adopted only with its proof, the payer's own last
+        voucher, checked by `Payer.adopt` (never above what the payer signed, never below
+        on-chain totalClaimed when `rpc_url` is set); without a proof there, the chain's
+        totalClaimed is the baseline (needs `rpc_url`). `url`: the paid endpoint whose terms
+        name the channel (default base_url + "/v1/classify"). Raises RecoveryRefused when
+        the gateway's proof fails, InputError when there is nothing to rebuild from.
+        """
+        offer = await self._offer_for(url or self._endpoint("/v1/classify"))
+        return await self._rebuild(offer, url)
+
+    async def _channel_view(self, cid: bytes, url: str | None) -> dict[str, Any] | None:
+        """GET /v1/channels/ID on the gateway serving `url` (default base_url); None: 404."""
+        base = _base_of(url) if url is not None else None
+        target = (base or self._endpoint("")) + f"/v1/channels/0x{cid.hex()}"
+        try:
+            return await self._get_json(target)
+        except RequestFailed as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _onchain_figures(self, cid: bytes) -> dict[str, Any]:
+        """The channel on chain (`rpc_url`): balance, totalClaimed, withdrawal, refund nonce."""
+        onchain = await read_onchain(self.rpc_url or "", cid, settlement=self.payer.settlement)
+        return {"balance": onchain.balance, "totalClaimed": onchain.total_claimed,
+                "withdrawRequestedAt": onchain.withdraw_requested_at,
+                "refundNonce": onchain.refund_nonce}
+
+    async def _chain_figures(self, cid: bytes) -> dict[str, int | None]:
+        """`Payer.recover`'s chain arguments: read when `rpc_url` is set and answers, else
+        None each (the server's snapshot then floors the adopted charge)."""
+        if not self.rpc_url:
+            return {"total_claimed": None, "balance": None}
+        try:
+            onchain = await self._onchain_figures(cid)
+        except (GatewayUnreachable, ChainError):  # recovery still works from the proof alone
+            return {"total_claimed": None, "balance": None}
+        return {"total_claimed": onchain["totalClaimed"], "balance": onchain["balance"]}
 
     def _refund_payment(self, offer: PaymentRequirements, amount: int | None) -> Payment:
         try:
@@ -600,51 +821,135 @@ class PaymentClient:
                     required = _payment_required(got, body)
                     if not required.accepts:
                         return PaidResponse(status, got, body, required=required)
-                    offer = self._offers[offer_key] = required.accepts[0]
+                    offer = self._learn(offer_key, required, required.accepts[0])
         request_digest = hashlib.sha256(data).digest() if data is not None else None
+        # One key for this logical request, kept across every resend and re-signed payment.
+        key = _header(headers, IDEMPOTENCY_KEY) or new_idempotency_key()
+        headers = {**_without(headers, IDEMPOTENCY_KEY), IDEMPOTENCY_KEY: key}
         corrected = False
         busy = 0
         while True:
-            payment, holding = await self._pay(offer)
+            payment, holding = await self._pay(offer, self._identifier(offer_key, key))
+            replays = bool(require_receipt) or self._replays(offer_key)
             try:
                 try:
-                    status, got, body = await self._send(
-                        method, url, data, {**headers, "PAYMENT-SIGNATURE": payment.header}
+                    status, got, body = await self._send_paid(
+                        method, url, data, {**headers, "PAYMENT-SIGNATURE": payment.header},
+                        lost=replays,
                     )
-                except BaseException:  # no answer: the server may have charged it
+                except BaseException:  # no answer even after resends: it may have been charged
                     self.payer.release(payment, maybe_charged=True)
                     raise
                 if 200 <= status < 300:
-                    return self._settle(payment, status, got, body, request_digest, require_receipt)
+                    answer = self._settle(payment, status, got, body, request_digest, require_receipt)
+                    extra = answer.settlement.extra if answer.settlement else None
+                    if extra is not None and extra.receipt is not None:
+                        self._receipted.add(offer_key)  # a paychan gateway: it replays by key
+                    return answer
                 if status != 402:
-                    self.payer.release(payment)  # errors are never charged
-                    if status in (429, 503) and busy < busy_retries:
-                        busy += 1
+                    # Errors are never charged, but a first attempt still running (409 after
+                    # every resend) may yet be: its price stays counted until an answer tells.
+                    running = status == 409 and _error_code(body) == "idempotency_key_in_use"
+                    self.payer.release(payment, maybe_charged=running)
+                    if status == 429 and busy < busy_retries:
+                        busy += 1  # the gateway is full: wait, then a fresh voucher
                         await asyncio.sleep(_retry_after(got, busy))
                         continue
                     return PaidResponse(status, got, body, payment)
                 required = _payment_required(got, body)
-                if (
-                    not corrected
-                    and required.error in _MISMATCH
-                    and self.payer.recover(payment, required)
-                ):
-                    corrected = True  # adopted the server's proven state: sign again, once
-                    continue
+                refused = None
+                if not corrected and required.error in _MISMATCH:
+                    figures = await self._chain_figures(payment.channel_id)
+                    refused = self.payer.recover_reason(payment, required, **figures)
+                    if refused is None:
+                        corrected = True  # adopted the server's proven state: sign again, once
+                        continue
                 self.payer.release(payment)
                 fresh = next((a for a in required.accepts if not a.extra.channel_state), None)
                 if fresh is not None:
-                    self._offers[offer_key] = offer = fresh  # the terms may have changed
+                    offer = self._learn(offer_key, required, fresh)  # the terms may have changed
                 if required.error == ErrorCode.CHANNEL_BUSY and busy < busy_retries:
                     busy += 1  # other requests of ours hold the channel: a fresh voucher fits
                     await asyncio.sleep(_backoff(busy))
                     continue
-                return PaidResponse(status, got, body, payment, required=required)
+                return PaidResponse(status, got, body, payment, required=required,
+                                    recovery_refused=refused)
             finally:
                 if holding is not None:
                     holding.release()
 
-    async def _pay(self, offer: PaymentRequirements) -> tuple[Payment, asyncio.Lock | None]:
+    async def _send_paid(
+        self, method: str, url: str, data: bytes | None, headers: Mapping[str, str],
+        *, lost: bool = True,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send one paid request; resend the very same bytes (same Idempotency-Key, same
+        payment) when a transient answer came (503, 409 ``idempotency_key_in_use``) and,
+        with `lost`, when the answer was lost (no answer, timeout, 502/504); at most
+        `retries` times.
+
+            >>> status, headers, body = await client._send_paid("POST", url, jpeg, headers)
+
+        Safe because the key makes the gateway replay an answer it already charged (never a
+        second charge), and a refused or failed attempt charged nothing and freed the key.
+        `lost` False: the server is not known to replay by key, and a resend could be served
+        and charged again. Waits the answer's Retry-After (capped at 5 s), else a doubling
+        jittered backoff. Raises GatewayUnreachable when the last attempt got no answer.
+        """
+        attempt = 0
+        while True:
+            try:
+                status, got, body = await self._send(method, url, data, headers)
+            except GatewayUnreachable:
+                if attempt >= self.retries or not lost:
+                    raise
+                attempt += 1
+                self.resent += 1
+                await asyncio.sleep(self._resend_wait(attempt))
+                continue
+            if attempt >= self.retries or not _transient(status, body, lost=lost):
+                return status, got, body
+            attempt += 1
+            self.resent += 1
+            await asyncio.sleep(_retry_after(got, attempt, self._resend_wait(attempt)))
+
+    def _resend_wait(self, attempt: int) -> float:
+        """Seconds before resend `attempt` (1, 2, ...): retry_backoff_s doubled each time,
+        with jitter so that a crowd of clients does not come back at once."""
+        base = self.retry_backoff_s * 2 ** (attempt - 1)
+        return min(base * random.uniform(0.75, 1.25), _RETRY_AFTER_CAP_S)
+
+    def _learn(
+        self, offer_key: str, required: PaymentRequired, offer: PaymentRequirements
+    ) -> PaymentRequirements:
+        """Remember a URL's offer and what its 402 declared in `extensions`."""
+        self._offers[offer_key] = offer
+        if required.extensions is not None:
+            self._declared[offer_key] = required.extensions
+        return offer
+
+    def _replays(self, offer_key: str) -> bool:
+        """Whether the server of `offer_key` is known to replay a charged answer for its
+        Idempotency-Key: its answers carried our signed receipt (a paychan gateway), or its
+        402 declared x402's `payment-identifier` extension."""
+        return offer_key in self._receipted or isinstance(
+            self._declared.get(offer_key, {}).get(PAYMENT_IDENTIFIER), Mapping)
+
+    def _identifier(self, offer_key: str, key: str) -> dict[str, Any] | None:
+        """The x402 `payment-identifier` extension carrying `key`, echoed only to a server
+        whose 402 declared it (as the reference client does): one that did not would ignore
+        it, and ours keys on the Idempotency-Key header (its fast parser takes the payload
+        only when the voucher comes last)."""
+        declared = self._declared.get(offer_key, {}).get(PAYMENT_IDENTIFIER)
+        if not isinstance(declared, Mapping):
+            return None
+        info = declared.get("info")
+        return {PAYMENT_IDENTIFIER: {**declared,
+                                     "info": {**(info if isinstance(info, Mapping) else {}),
+                                              "id": key}}}
+
+    async def _pay(
+        self, offer: PaymentRequirements, extensions: dict[str, Any] | None = None
+    ) -> tuple[Payment, asyncio.Lock | None]:
         """Sign the next payment; a deposit keeps the channel's deposit lock until answered.
 
         While a deposit (opening or top-up) is in flight, later payments wait for it: a
@@ -653,7 +958,7 @@ class PaymentClient:
         lock = self._deposit_locks.setdefault(self.payer.channel_id(offer), asyncio.Lock())
         await lock.acquire()
         try:
-            payment = self.payer.pay(offer)
+            payment = self.payer.pay(offer, extensions=extensions)
         except BaseException:
             lock.release()
             raise
@@ -713,13 +1018,13 @@ class PaymentClient:
                         raise PaymentRefused(
                             required.error, f"{url} offers no batch-settlement terms"
                         )
-                    offer = required.accepts[0]
+                    return self._learn(url, required, required.accepts[0])
                 self._offers[url] = offer
         return offer
 
     async def _pricing_offer(self, url: str) -> PaymentRequirements | None:
         """The one-image offer from GET /v1/pricing on the same server (paychan gateways)."""
-        base = url.split("/v1/", 1)[0] if "/v1/" in url else self.base_url
+        base = _base_of(url) or self.base_url
         if base is None:
             return None
         status, _, body = await self._send("GET", base + "/v1/pricing", None, {})
@@ -759,7 +1064,8 @@ class PaymentClient:
         try:
             async with self._session.request(method, url, data=data, headers=headers) as resp:
                 return resp.status, resp.headers, await resp.read()
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                asyncio.TimeoutError) as exc:  # no answer, or one cut off mid-body: lost
             raise GatewayUnreachable(url, exc) from exc
         except aiohttp.InvalidURL as exc:
             raise InputError(f"not a URL: {url!r}") from exc
@@ -836,6 +1142,9 @@ class SyncPaymentClient:
 
     def refund(self, amount: int | None = None, *, url: str | None = None) -> SettleResponse:
         return self._run(self.client.refund(url, amount))
+
+    def sync(self, url: str | None = None) -> SyncResult:
+        return self._run(self.client.sync(url))
 
     def withdraw(self, amount: int | None = None, **kwargs: Any) -> WithdrawStatus:
         return self._run(self.client.withdraw(amount, **kwargs))
@@ -965,12 +1274,47 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0.01, 0.05) * min(2 ** (attempt - 1), 16)
 
 
-def _retry_after(headers: Mapping[str, str], attempt: int) -> float:
+def _retry_after(headers: Mapping[str, str], attempt: int, default: float | None = None) -> float:
+    """The answer's Retry-After in seconds (capped at 5 s), else `default` (else _backoff)."""
     try:
         wait = float(headers.get("Retry-After", ""))
     except ValueError:
-        wait = _backoff(attempt)
+        wait = _backoff(attempt) if default is None else default
     return min(max(wait, 0.0), _RETRY_AFTER_CAP_S)
+
+
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key, also valid as an x402 `payment-identifier` id (16-128 of
+    ``[A-Za-z0-9_-]``).
+
+        >>> new_idempotency_key()
+        'pay_7d5d747be160e280504c099d984bcfe0'
+    """
+    return "pay_" + uuid.uuid4().hex
+
+
+def _transient(status: int, body: bytes, *, lost: bool) -> bool:
+    """An answer after which the same request may be sent again as is (see _send_paid);
+    `lost`: also those that say the answer was lost on the way (502, 504)."""
+    if status in _NOT_SERVED or (lost and status in _ANSWER_LOST):
+        return True
+    return status == 409 and _error_code(body) == "idempotency_key_in_use"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value, its name matched case-insensitively (None: absent)."""
+    lower = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lower), None)
+
+
+def _without(headers: Mapping[str, str], name: str) -> dict[str, str]:
+    lower = name.lower()
+    return {k: v for k, v in headers.items() if k.lower() != lower}
+
+
+def _base_of(url: str) -> str | None:
+    """A paychan gateway's base URL from one of its /v1/ URLs (None: not such a URL)."""
+    return url.split("/v1/", 1)[0] if "/v1/" in url else None
 
 
 def _code_of(code: str | None) -> ErrorCode | str:
@@ -1025,7 +1369,10 @@ def _raise_for_answer(answer: PaidResponse) -> None:
     if answer.status == 402:
         required = answer.required
         code = required.error if required else None
-        raise PaymentRefused(code, _error_text(answer.body), required)
+        note = answer.recovery_refused
+        text = _error_text(answer.body) + (
+            f"; the server's corrective state was not adopted: {note}" if note else "")
+        raise PaymentRefused(code, text, required)
     if not 200 <= answer.status < 300:
         raise RequestFailed(answer.status, _error_code(answer.body), _error_text(answer.body))
 

@@ -12,12 +12,19 @@ each reserves its price on the payer side and signs the ceiling charged + in fli
     >>> payer.settle(payment, parse_payment_response(resp.headers["PAYMENT-RESPONSE"]))
     >>> payer.release(payment)                              # a failure the server did not charge
     >>> payer.recover(payment, parse_payment_required(resp.headers["PAYMENT-REQUIRED"]))
+    >>> payer.adopt(requirements, channel_state, voucher_state)  # rebuild from a server's proof
 
 The HTTP side (`PaymentClient`, `SyncPaymentClient`) lives in `channels.client`.
 
 Ceilings never go below the highest voucher signed before, except where the server proves,
 with the payer's own voucher signature, a lower state (the spec's corrective 402) and for the
 spec's zero-charge refund voucher.
+
+A payer whose file is new or stale (deleted, or another file of the same key paid since)
+recovers as the spec's "Recovery After State Loss" says: it adopts the server's
+`chargedCumulativeAmount` only with the server's copy of the payer's own last voucher
+(`voucherState`), checked here (`adopt`), or falls back to the on-chain `totalClaimed`
+(`resync`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,6 +54,7 @@ from .signing import Signer
 from .verify import recover_address, verify_receipt
 from .wire import (
     ChannelConfig,
+    ChannelStateSnapshot,
     Deposit,
     DepositPayload,
     Erc3009Authorization,
@@ -58,6 +66,7 @@ from .wire import (
     SettleResponse,
     Voucher,
     VoucherPayload,
+    VoucherStateSnapshot,
     encode_payment_signature,
 )
 
@@ -67,6 +76,7 @@ __all__ = [
     "ChannelRecord",
     "Payer",
     "Payment",
+    "RecoveryRefused",
 ]
 
 # Deposit this many request prices when no amount is set: one on-chain deposit then pays for
@@ -99,6 +109,25 @@ class ChannelHalted(RuntimeError):
         self.channel_id = channel_id
         self.reason = reason
         super().__init__(f"channel 0x{channel_id.hex()} halted: {reason}")
+
+
+class RecoveryRefused(PaymentError):
+    """A server's channel state failed the payer's checks, so nothing was adopted.
+
+    `field` names the check (e.g. ``extra.voucherState.signature``: not this payer's own
+    voucher; ``extra.channelState.chargedCumulativeAmount``: above what the payer signed).
+
+        >>> try: payer.adopt(offer, state, proof)
+        ... except RecoveryRefused as exc: print(exc.field, exc.message)
+    """
+
+    def __init__(self, channel_id: bytes, field: str, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_PAYLOAD, field, message)
+        self.channel_id = channel_id
+
+    def __str__(self) -> str:
+        return (f"channel 0x{self.channel_id.hex()}: the server's state was not adopted: "
+                f"{self.field}: {self.message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +172,9 @@ class _Live:
     deposits: dict[int, int]  # payment id -> deposit amount not yet confirmed
     maybe_charged: int = 0  # released payments whose outcome is unknown (timeouts)
     max_reported: int = 0  # highest chargedCumulativeAmount the server reported
+    # payment id -> the charged total adopted while it was in flight (see Payer.adopt): its
+    # own charge is already inside that total when the server reports it at or below it
+    covered: dict[int, int] = field(default_factory=dict)
 
 
 class Payer:
@@ -261,12 +293,20 @@ class Payer:
     # --- paying ----------------------------------------------------------------------
 
     def pay(
-        self, requirements: PaymentRequirements, *, resource: ResourceInfo | None = None
+        self,
+        requirements: PaymentRequirements,
+        *,
+        resource: ResourceInfo | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> Payment:
         """Sign the next payment for one request priced `requirements.amount`.
 
         A deposit payload when the channel's known balance does not cover the new ceiling,
         a voucher payload otherwise. Raises ChannelHalted after a failed verification.
+        `extensions` rides in the payload as x402 `extensions` (e.g. the `payment-identifier`
+        extension's id, when the server declared it):
+
+            >>> payer.pay(offer, extensions={"payment-identifier": {"info": {"id": key}}})
         """
         price = requirements.amount
         config = self.channel_config(requirements)
@@ -299,7 +339,7 @@ class Payer:
             live.in_flight[pid] = price  # only once the ceiling is durable
             if deposit_amount is not None:
                 live.deposits[pid] = deposit_amount
-        payload = PaymentPayload(requirements, body, resource)
+        payload = PaymentPayload(requirements, body, resource, extensions)
         return Payment(pid, cid, requirements, payload, price, ceiling, deposit_amount)
 
     def refund(
@@ -374,7 +414,9 @@ class Payer:
                 raise ChannelHalted(cid, f"{exc.field}: {exc.message}") from exc
             live.in_flight.pop(payment.id)
             live.deposits.pop(payment.id, None)
-            new_charged = rec.charged + charged
+            adopted = live.covered.pop(payment.id, None)
+            # A charge the server numbered at or below a total adopted meanwhile is in it.
+            new_charged = rec.charged + (0 if adopted is not None and reported <= adopted else charged)
             live.max_reported = max(live.max_reported, reported)
             outstanding = sum(live.in_flight.values())
             problem = None
@@ -419,70 +461,174 @@ class Payer:
                 return
             price = live.in_flight.pop(payment.id)
             live.deposits.pop(payment.id, None)
+            live.covered.pop(payment.id, None)
             if maybe_charged:
                 live.maybe_charged += price
 
-    def recover(self, payment: Payment, required: PaymentRequired) -> bool:
+    def recover(
+        self,
+        payment: Payment,
+        required: PaymentRequired,
+        *,
+        total_claimed: int | None = None,
+        balance: int | None = None,
+    ) -> bool:
         """Adopt the server's state from a corrective 402, after verifying its proof.
 
-        The 402 must carry `cumulative_amount_mismatch`, the channel's `channelState` with
-        `chargedCumulativeAmount`, and `voucherState` with a voucher this payer's own voucher
-        key signed at `signedMaxClaimable` >= that charge. Returns False (and adopts nothing)
-        otherwise. The payment is released either way; pay again afterwards.
+        The 402 must carry `cumulative_amount_mismatch` or `cumulative_below_claimed` (the
+        ceiling is at or below what is claimed on chain: this file is new or stale), with
+        `channelState` and `voucherState` passing `adopt`'s checks. `total_claimed` and
+        `balance` are the chain's figures when the caller read them. Returns False (and adopts
+        nothing) otherwise. The payment is released either way; pay again afterwards.
+        """
+        return self.recover_reason(payment, required, total_claimed=total_claimed,
+                                   balance=balance) is None
+
+    def recover_reason(
+        self,
+        payment: Payment,
+        required: PaymentRequired,
+        *,
+        total_claimed: int | None = None,
+        balance: int | None = None,
+    ) -> str | None:
+        """`recover`, answering why nothing was adopted (None: adopted).
+
+            >>> payer.recover_reason(payment, required)
+            'extra.voucherState.signature: is signed by 0x70997970..., not this payer's ...'
         """
         self.release(payment)
         if required.error not in (
             ErrorCode.CUMULATIVE_AMOUNT_MISMATCH,
             ErrorCode.CUMULATIVE_BELOW_CLAIMED,
         ):
-            return False
+            return f"error: {required.error} is not a corrective 402"
         offer = next(
             (
                 a
                 for a in required.accepts
-                if a.matches(payment.requirements) and a.extra.voucher_state
+                if a.matches(payment.requirements) and a.extra.channel_state
             ),
             None,
         )
-        if offer is None or offer.extra.channel_state is None:
-            return False
-        cs, vs = offer.extra.channel_state, offer.extra.voucher_state
-        assert vs is not None
-        cid = payment.channel_id
-        charged = cs.charged_cumulative_amount
-        if cs.channel_id != cid or charged is None or charged > vs.signed_max_claimable:
-            return False
-        if cs.balance < charged:
-            return False
-        digest = voucher_digest(
-            payment.requirements.chain_id, self.settlement, cid, vs.signed_max_claimable
-        )
+        if offer is None:
+            return "accepts[].extra.channelState: missing: the server sent no channel state"
         try:
-            signer = recover_address(digest, vs.signature, field="extra.voucherState.signature")
-        except PaymentError:
-            return False
-        if signer != self.voucher_signer.address_bytes:
-            return False
+            self.adopt(
+                payment.requirements,
+                offer.extra.channel_state,
+                offer.extra.voucher_state,
+                total_claimed=total_claimed,
+                balance=balance,
+            )
+        except RecoveryRefused as exc:
+            return f"{exc.field}: {exc.message}"
+        except ChannelHalted as exc:
+            return f"channel halted: {exc.reason}"
+        return None
+
+    def adopt(
+        self,
+        requirements: PaymentRequirements,
+        channel_state: ChannelStateSnapshot | None,
+        voucher_state: VoucherStateSnapshot | None,
+        *,
+        total_claimed: int | None = None,
+        balance: int | None = None,
+    ) -> ChannelRecord:
+        """Adopt a server's view of this payer's channel for `requirements` (its corrective
+        402, or GET /v1/channels/ID), after checking it: the spec's recovery after state loss.
+
+            >>> rec = payer.adopt(offer, view_state, view_voucher, total_claimed=onchain.total_claimed)
+            >>> rec.charged, rec.signed_floor     # the server's charged total, its proof
+
+        Checks, any failure raising RecoveryRefused (nothing is written):
+        the snapshot is of this payer's channel; `voucherState.signature` is this payer's own
+        voucher key's signature over `signedMaxClaimable`; `chargedCumulativeAmount` and
+        `totalClaimed` are at most that signed maximum (the payer never adopts a charge it did
+        not sign for); the balance covers the charge. The adopted charge is never below
+        `totalClaimed` (the snapshot's, or the chain's `total_claimed` when the caller read
+        it): a ceiling at or below it would be refused again. `balance` (the chain's) wins
+        over the snapshot's. Creates the record when this file has none (a new file).
+        Raises ChannelHalted for a halted channel.
+        """
+        config = self.channel_config(requirements)
+        chain_id = requirements.chain_id
+        cid = channel_id(config, chain_id, self.settlement)
+        proven = self._check_proof(cid, chain_id, channel_state, voucher_state)
+        cs, vs = channel_state, voucher_state
+        assert cs is not None and vs is not None
+        charged = max(proven, cs.total_claimed, total_claimed or 0)
+        funds = cs.balance if balance is None else balance
+        if funds < charged:
+            raise RecoveryRefused(
+                cid, "extra.channelState.balance",
+                f"{funds} is below the charged total {charged}: the state is inconsistent; "
+                "rebuild from the chain (rpc_url / paychan channel sync --rpc)",
+            )
         with self._lock, self._transaction():
-            rec = self.channel(cid)
-            if rec is None or rec.halted:
-                return False
+            rec = self.channel(cid) or self._new_record(cid, chain_id, config)
+            if rec.halted:
+                raise ChannelHalted(cid, rec.halted)
             live = self._live_of(cid, rec)
             live.maybe_charged = 0
             live.max_reported = charged
+            # Payments still in flight may be inside the adopted total already (committed,
+            # answer not back yet): settle must not add those a second time.
+            live.covered.update(dict.fromkeys(live.in_flight, charged))
+            signed_max = max(rec.signed_max, vs.signed_max_claimable)
             self._db.execute(
                 "UPDATE channels SET charged = ?, signed_floor = ?, signed_max = ?, signature = ?,"
                 " balance = ? WHERE channel_id = ?",
-                (
-                    str(charged),
-                    str(vs.signed_max_claimable),
-                    str(max(rec.signed_max, vs.signed_max_claimable)),
-                    vs.signature,
-                    str(cs.balance),
-                    cid,
-                ),
+                (str(charged), str(vs.signed_max_claimable), str(signed_max), vs.signature,
+                 str(funds), cid),
             )
-        return True
+            return replace(rec, charged=charged, signed_floor=vs.signed_max_claimable,
+                           signed_max=signed_max, signature=vs.signature, balance=funds)
+
+    def _check_proof(
+        self,
+        cid: bytes,
+        chain_id: int,
+        cs: ChannelStateSnapshot | None,
+        vs: VoucherStateSnapshot | None,
+    ) -> int:
+        """The server's chargedCumulativeAmount, once its proof checks out (see `adopt`)."""
+        if cs is None:
+            raise RecoveryRefused(cid, "extra.channelState", "missing: nothing to adopt")
+        if vs is None:
+            raise RecoveryRefused(
+                cid, "extra.voucherState",
+                "missing: the server sent no voucher of this payer's proving its charged total; "
+                "rebuild from the chain instead (rpc_url / paychan channel sync --rpc)",
+            )
+        if cs.channel_id != cid:
+            raise RecoveryRefused(cid, "extra.channelState.channelId",
+                                  f"0x{cs.channel_id.hex()} is not this payer's channel")
+        charged = cs.charged_cumulative_amount
+        if charged is None:
+            raise RecoveryRefused(cid, "extra.channelState.chargedCumulativeAmount", "missing")
+        digest = voucher_digest(chain_id, self.settlement, cid, vs.signed_max_claimable)
+        try:
+            signer = recover_address(digest, vs.signature, field="extra.voucherState.signature")
+        except PaymentError as exc:
+            raise RecoveryRefused(cid, "extra.voucherState.signature", exc.message) from None
+        mine = self.voucher_signer.address_bytes
+        if signer != mine:
+            raise RecoveryRefused(
+                cid, "extra.voucherState.signature",
+                f"is signed by 0x{signer.hex()}, not this payer's voucher key 0x{mine.hex()}: "
+                "the server's state is not proven; refusing it",
+            )
+        top = vs.signed_max_claimable
+        for name, value in (("chargedCumulativeAmount", charged), ("totalClaimed", cs.total_claimed)):
+            if value > top:
+                raise RecoveryRefused(
+                    cid, f"extra.channelState.{name}",
+                    f"{value} is above {top}, the most this payer signed (voucherState."
+                    "signedMaxClaimable): refusing a charge the payer never authorized",
+                )
+        return charged
 
     def resync(
         self, requirements: PaymentRequirements, *, balance: int, total_claimed: int

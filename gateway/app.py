@@ -1,7 +1,9 @@
 """The application factory: ``create_app(config) -> web.Application``.
 
     config = GatewayConfig.load(flags={"token": "0x...", "key_file": "provider.key"})
-    web.run_app(create_app(config), port=config.port)
+    runner = GatewayRunner(create_app(config))    # gateway.connections: read timeouts, per-address cap
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
 
 Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
 contexts, in order: the classifier, the payment gate (chain client, ledger store, in-process
@@ -24,7 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway import predictions
+from gateway.admin import enable_admin
 from gateway.config import GatewayConfig
+from gateway.connections import CONNECTIONS, ConnectionGuard, ConnectionLimits
 from gateway.facilitator_routes import FACILITATOR, facilitator_app
 from gateway.keys import (
     CAPS,
@@ -83,6 +87,11 @@ def create_app(
     caps = app[CAPS] = InFlightCaps(per_channel=config.max_in_flight_per_channel, total=config.max_in_flight)
     app[METRICS].add(Gauge("paychan_in_flight_requests", "Classification requests being served now.",
                            read=lambda: caps.count))
+    # Read timeouts and the per-address cap act in the protocol, under GatewayRunner.
+    guard = app[CONNECTIONS] = ConnectionGuard(ConnectionLimits.from_config(config))
+    app[METRICS].add(guard.cuts)
+    app[METRICS].add(Gauge("paychan_open_connections", "Client connections open now (admitted).",
+                           read=lambda: guard.open))
     app[DEADLINES] = Deadlines()
     app.cleanup_ctx.append(_deadlines_ctx)
     app[SAMPLES] = SampleStore(config.samples_dir)
@@ -101,6 +110,7 @@ def create_app(
         app.cleanup_ctx.append(_payments_ctx(chain, facilitator))
         if config.settler:
             app.cleanup_ctx.append(_chain_sync_ctx)
+    enable_admin(app, config)  # POST /admin/settle, only with an admin token (gateway/admin.py)
     app.on_shutdown.append(_drain)
     return app
 

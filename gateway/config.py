@@ -85,6 +85,13 @@ class GatewayConfig:
     request_timeout_s: float = 30.0
     samples_per_minute: int = 60  # per client address
     max_sample_bytes: int = 4 * 1024 * 1024
+    # --- connections (gateway.connections): slow or greedy clients are cut off. An HTTP
+    # client's pool (aiohttp, httpx: 100 connections) fits under the per-address cap.
+    header_timeout_s: float = 10.0  # request line + headers, from connect or first byte (408)
+    body_idle_timeout_s: float = 20.0  # longest gap in a body (408)
+    body_min_rate: int = 500  # bytes/s a body must average after that grace; 0: no floor
+    max_connections_per_address: int = 128  # open connections per peer address; 0: no cap (429)
+    keepalive_timeout_s: float = 75.0  # idle keep-alive connection closed after this
     # --- chain sync: the watcher, the settler (claims + settle) and the facilitator routes.
     # A claim is due when ANY of: a withdrawal is pending on a channel with unclaimed charges
     # (at once), the oldest unclaimed charge is claim_after_s old, or claim_threshold units
@@ -101,6 +108,9 @@ class GatewayConfig:
     settler_lease_ttl_s: float = 15.0  # Redis lease: another worker takes over this long after a crash
     tx_timeout_s: float = 600.0  # how long a claim/settle/deposit may wait for its receipt
     facilitator: bool = True  # mount POST /facilitator/verify, /settle and GET /supported
+    # --- operator routes (gateway/admin.py): POST /admin/settle exists only with a token
+    admin_token: str | None = field(default=None, repr=False)  # PAYCHAN_ADMIN_TOKEN
+    admin_token_file: Path | None = None  # --admin-token-file: a file holding the token
     # --- shutdown
     drain_timeout_s: float = 10.0
 
@@ -149,6 +159,8 @@ class GatewayConfig:
             config = dataclasses.replace(config, key=_read_key_file(config.key_file))
         if config.key is not None:
             config = dataclasses.replace(config, key=_normalize_key(config.key))
+        if config.admin_token is None and config.admin_token_file is not None:
+            config = dataclasses.replace(config, admin_token=_read_admin_token(config.admin_token_file))
         config.validate()
         return config
 
@@ -169,6 +181,12 @@ class GatewayConfig:
         if self.batch_cap is not None and not 1 <= self.batch_cap <= 256:
             raise ConfigError(f"batch_cap: must be 1..256 images, got {self.batch_cap}; "
                               f"{_where('batch_cap')} (or leave it unset: chosen at warm-up)")
+        for name in ("header_timeout_s", "body_idle_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive seconds, got {getattr(self, name)}; {_where(name)}")
+        for name in ("body_min_rate", "max_connections_per_address"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 (off) or more, got {getattr(self, name)}; {_where(name)}")
         for name in ("claim_threshold", "confirmations", "start_block"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -192,6 +210,8 @@ class GatewayConfig:
                 f"store: {self.store!r} is not sqlite:///PATH, redis://HOST:PORT/DB or memory; "
                 f"{_where('store')}"
             )
+        if self.admin_token is not None:
+            _check_admin_token(self.admin_token)
         if self.workers > 1 and not self.store.startswith(("redis://", "rediss://")):
             raise ConfigError(
                 "workers: more than one worker process needs a shared ledger; "
@@ -235,6 +255,29 @@ def _read_key_file(path: Path) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"key_file: cannot read {path}: {exc.strerror}; pass an existing file")
+
+
+#: An admin token shorter than this is refused: it guards a route that spends the key's gas.
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def _read_admin_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"admin_token_file: cannot read {path}: {exc.strerror}; "
+                          "pass an existing file (e.g. `openssl rand -hex 32 > admin.token`)")
+
+
+def _check_admin_token(token: str) -> None:
+    """Refuse a guessable token, or one that cannot travel in an HTTP header."""
+    if len(token) < MIN_ADMIN_TOKEN_CHARS or not token.isascii() or not token.isprintable() \
+            or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"admin_token: must be at least {MIN_ADMIN_TOKEN_CHARS} printable ASCII characters "
+            "without spaces (e.g. `openssl rand -hex 32 > admin.token`); set --admin-token-file, "
+            "PAYCHAN_ADMIN_TOKEN_FILE or PAYCHAN_ADMIN_TOKEN"
+        )
 
 
 def _normalize_key(key: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import itertools
 import json
 import logging
@@ -57,12 +58,17 @@ from gateway.metrics import Gauge, GatewayMetrics
 from gateway.receipts import ReceiptSigner
 from gateway.terms import Terms, VerifiedPayment
 
-__all__ = ["Hold", "PaymentGate", "connect_rpc", "open_ledger", "settlement_json", "web3_of"]
+__all__ = ["Hold", "PaymentGate", "connect_rpc", "open_ledger", "request_digest", "settlement_json",
+           "web3_of"]
 
 log = logging.getLogger("paychan.payments")
 
 _EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE"
 IDEMPOTENCY_KEY = "Idempotency-Key"  # the header; gateway.x402 re-exports the same name
+# The rejections whose 402 carries the corrective channelState / voucherState: the spec's
+# cumulative mismatch, and (its "Recovery After State Loss") a ceiling at or below what is
+# claimed on chain, which is what a payer with a new or stale state file sends after a claim.
+_CORRECTIVE = frozenset({ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED})
 
 
 @dataclass(slots=True)
@@ -75,6 +81,7 @@ class Hold:
     deposit_tx: str = ""
     deposit_amount: int | None = None
     idempotency_key: str | None = None
+    request_digest: str = ""  # what the Idempotency-Key was taken for (see request_digest)
 
 
 # ---------------------------------------------------------------------- chain plumbing
@@ -329,9 +336,11 @@ class PaymentGate:
         return self.terms.challenge(units, _resource_url(request))
 
     def _reject(self, error: PaymentError, units: int, request: web.Request, rejection: Rejection | None = None) -> web.Response:
+        """The 402 for a refused payment; a corrective one (channel and voucher state in
+        ``accepts[0].extra``) for the codes a payer recovers from by adopting our state."""
         self.metrics.payment_errors.inc((str(error.code),))
         snapshots = {}
-        if rejection is not None and error.code == ErrorCode.CUMULATIVE_AMOUNT_MISMATCH:
+        if rejection is not None and error.code in _CORRECTIVE:
             snapshots = {"channel_state": rejection.channel_state, "voucher_state": rejection.voucher_state}
         response = self.terms.rejection(error, units, _resource_url(request), **snapshots)
         if error.code == ErrorCode.CHANNEL_BUSY:
@@ -391,8 +400,12 @@ class PaymentGate:
                 code = ErrorCode(settled.error_reason)
             except ValueError:
                 code = ErrorCode.REFUND_TRANSACTION_FAILED
-            response = self._reject(PaymentError(code, "payload", settled.error_message or "refund refused"),
-                                    1, request)
+            error = PaymentError(code, "payload", settled.error_message or "refund refused")
+            # A refund voucher below what is claimed (a payer with a new or stale state file):
+            # the 402 carries our state and the payer's own last voucher, so it can adopt them.
+            state = await self.store.get(payment.channel_id) if code in _CORRECTIVE else None
+            rejection = Rejection(code, error.message, state) if state is not None else None
+            response = self._reject(error, 1, request, rejection)
         response.headers["PAYMENT-RESPONSE"] = header
         response.headers["Access-Control-Expose-Headers"] = _EXPOSE
         return response
@@ -404,15 +417,18 @@ class PaymentGate:
         deposit_amount = payload.deposit.amount if isinstance(payload, DepositPayload) else 0
         request_id = self._id_prefix + str(next(self._ids))
         key = request.headers.get(IDEMPOTENCY_KEY)
+        digest = ""
         if key is not None:
-            record = await self.store.begin_idempotent(payment.channel_id, key, request_id, time.time())
+            digest = request_digest(request.method, request.path_qs, await request.read(), amount)
+            record = await self.store.begin_idempotent(payment.channel_id, key, request_id, time.time(),
+                                                       digest=digest)
             if record is not None:
-                return self._replay(record)
+                return self._replay(record, digest)
         voucher = payment.voucher
         inp = AcceptInput(payment.channel_id, voucher.max_claimable_amount, voucher.signature, amount,
                           request_id, time.time(), deposit_amount, payment.config)
         outcome = await self.store.accept(inp)
-        hold = Hold(payment, amount, request_id, idempotency_key=key)
+        hold = Hold(payment, amount, request_id, idempotency_key=key, request_digest=digest)
         if isinstance(outcome, Rejection) and outcome.code == ErrorCode.CHANNEL_NOT_FOUND and not deposit_amount:
             # Unknown here but maybe funded on-chain (deposited elsewhere, or our state was
             # lost): mirror the chain's view once and try again (the spec's recovery baseline).
@@ -461,8 +477,19 @@ class PaymentGate:
         await self.store.release(hold.payment.channel_id, hold.request_id,
                                  idempotency_key=hold.idempotency_key)
 
-    def _replay(self, record: Any) -> web.Response:
-        """The stored answer of a finished Idempotency-Key, or 409 while the first is running."""
+    def _replay(self, record: Any, digest: str) -> web.Response:
+        """The stored answer of a finished Idempotency-Key; 409 while the first is running;
+        422 ``idempotency_key_reused`` when the key was taken by a different request (another
+        body, path, method or price): its old answer is not this request's, and nothing is
+        charged either way.
+
+            >>> gate._replay(record, request_digest("POST", "/v1/classify", body, 1000))
+        """
+        if not record.matches(digest):
+            raise api_error(422, "idempotency_key_reused",
+                            f"{IDEMPOTENCY_KEY}: this key was used for a different request "
+                            "(method, path, body or price); send a new key for a new request, "
+                            "and reuse a key only to retry the very same request")
         if not record.done:
             raise api_error(409, "idempotency_key_in_use",
                             "a request with this Idempotency-Key is still running; retry shortly",
@@ -515,7 +542,8 @@ class PaymentGate:
                 header = self._payment_response(hold, charge, await receipts[0])
             else:
                 await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
-                                        idempotency_key=hold.idempotency_key, response=answer)
+                                        idempotency_key=hold.idempotency_key,
+                                        request_digest=hold.request_digest, response=answer)
                 header = built[-1]  # the run that was written (a Redis retry re-runs it)
         except UnknownReservation:
             # The hold expired while the request ran: the answer is withheld and nothing is
@@ -599,6 +627,17 @@ class PaymentGate:
     def _count_settlement(self, report: SettlementReport) -> None:
         self.metrics.claimed.inc((), report.claimed)
         self.metrics.settled.inc((), report.settled)
+
+
+def request_digest(method: str, path_qs: str, body: bytes, price: int) -> str:
+    """The fingerprint an Idempotency-Key is bound to: sha256 over the method, the path with
+    its query (``top_k``, ``model`` change the answer), the price and the body's sha256.
+
+        >>> request_digest("POST", "/v1/classify?top_k=3", jpeg, 1000)
+        '5c1f...'   # 64 hex digits
+    """
+    head = f"{method}\n{path_qs}\n{price}\n".encode()
+    return hashlib.sha256(head + hashlib.sha256(body).digest()).hexdigest()
 
 
 def _chain_unavailable(config: GatewayConfig) -> web.HTTPException:

@@ -12,7 +12,9 @@ many units it costs. For such a route the middleware
    ``PAYMENT-RESPONSE`` alone, no image is read and nothing is charged),
 4. has the :class:`~gateway.payments.PaymentGate` check the payment (parse, offer, channel
    binding, voucher signature, deposit authorization),
-5. admits it under the per-channel and global in-flight caps (429 + Retry-After),
+5. admits it under the per-channel and global in-flight caps: a busy channel is the spec's
+   402 ``invalid_batch_settlement_evm_channel_busy`` with Retry-After, exactly as the ledger
+   answers it (so on every store); a full gateway is 429 ``overloaded`` with Retry-After,
 6. reserves the price (an ``Idempotency-Key`` seen before replays its stored answer; a
    deposit payload's deposit is submitted on-chain here), runs the handler (503 ``timeout``
    past ``request_timeout_s``, see ``gateway.limits.Deadlines``), then commits
@@ -32,12 +34,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from channels.errors import ErrorCode, PaymentError
 from gateway.errors import api_error
 from gateway.keys import CAPS, CONFIG, DEADLINES, METRICS, PAYMENTS, STATE
 from gateway.uploads import UploadError, check_content_length
+
+if TYPE_CHECKING:
+    from gateway.payments import PaymentGate
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -91,6 +98,21 @@ async def _within_deadline(request: web.Request, handler: Handler) -> web.Stream
         deadlines.leave(task)
 
 
+def _channel_busy(gate: PaymentGate, units: int, request: web.Request) -> web.Response:
+    """The spec's ``channel_busy`` for a channel at this process's in-flight cap.
+
+    The same answer the ledger gives when its own cap is reached (402, PAYMENT-REQUIRED,
+    Retry-After), built by the same call: a client sees one answer for a busy channel
+    whichever cap refused it and whichever store the gateway runs on::
+
+        return _channel_busy(app[PAYMENTS], units, request)
+    """
+    error = PaymentError(ErrorCode.CHANNEL_BUSY, "payload.voucher",
+                         f"{gate.config.max_in_flight_per_channel} requests are in flight on "
+                         "this channel; retry after Retry-After seconds")
+    return gate._reject(error, units, request)
+
+
 @web.middleware
 async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     pricer: Pricer | None = getattr(request.match_info.handler, "__paid__", None)
@@ -135,14 +157,11 @@ async def x402_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return checked
     channel = checked.channel_hex
     if not caps.try_enter(channel):
-        busy = caps.channel_count(channel) >= caps.per_channel
-        app[METRICS].payment_errors.inc(("channel_busy" if busy else "overloaded",))
-        raise api_error(
-            429,
-            "invalid_batch_settlement_evm_channel_busy" if busy else "overloaded",
-            "too many requests in flight on this channel" if busy else "too many requests in flight",
-            retry_after=config.retry_after_s,
-        )
+        if caps.channel_count(channel) >= caps.per_channel:
+            return _channel_busy(gate, units, request)
+        app[METRICS].payment_errors.inc(("overloaded",))
+        raise api_error(429, "overloaded", "too many requests in flight",
+                        retry_after=config.retry_after_s)
     try:
         hold = await gate.reserve(checked, units, request)
         if isinstance(hold, web.StreamResponse):  # 402 (ceiling, balance, deposit) or a replay

@@ -26,16 +26,29 @@ from ..wire import ChannelConfig
 class IdempotencyRecord:
     """What an Idempotency-Key holds: the request that owns it and, once done, its answer.
 
-    `response is None` means the first request with this key is still in flight.
+    `response is None` means the first request with this key is still in flight. `digest`
+    fingerprints the request that took the key (the gateway hashes method, path, body and
+    price), so a later request under the same key but with another body is told apart from
+    a retry; "" for records written before digests existed (such a key replays as before).
+
+        >>> rec = IdempotencyRecord("req-1", time.time(), None, digest="9f86d0...")
+        >>> rec.matches("9f86d0..."), rec.done
+        (True, False)
     """
 
     request_id: str
     created_at: float
     response: bytes | None = None
+    digest: str = ""
 
     @property
     def done(self) -> bool:
         return self.response is not None
+
+    def matches(self, digest: str) -> bool:
+        """Whether a request with `digest` is the one this key was taken for (True when
+        either side has no digest: nothing to compare)."""
+        return not self.digest or not digest or self.digest == digest
 
 
 def encode_state(s: ChannelState, *, reservations: bool = True) -> bytes:
@@ -97,12 +110,16 @@ def _spend(raw: list[Any] | None) -> PendingSpend | None:
 
 
 def encode_idem(rec: IdempotencyRecord) -> bytes:
+    """The record as compact JSON; `d` (the request digest) only when known, so records of
+    either vintage decode alike (the Redis scripts read only `r`, `t` and `b`)."""
     body = rec.response.hex() if rec.response is not None else None
-    return json.dumps(
-        {"r": rec.request_id, "t": rec.created_at, "b": body}, separators=(",", ":")
-    ).encode()
+    d: dict[str, Any] = {"r": rec.request_id, "t": rec.created_at, "b": body}
+    if rec.digest:
+        d["d"] = rec.digest
+    return json.dumps(d, separators=(",", ":")).encode()
 
 
 def decode_idem(raw: bytes | str) -> IdempotencyRecord:
     d = json.loads(raw)
-    return IdempotencyRecord(d["r"], d["t"], bytes.fromhex(d["b"]) if d["b"] is not None else None)
+    body = bytes.fromhex(d["b"]) if d["b"] is not None else None
+    return IdempotencyRecord(d["r"], d["t"], body, d.get("d", ""))

@@ -89,6 +89,7 @@ class Store(ABC):
         now: float,
         *,
         idempotency_key: str | None = None,
+        request_digest: str = "",
         response: bytes | Callable[[ChannelState, Charge], bytes] = b"",
         on_charge: Callable[[Charge], object] | None = None,
     ) -> Charge:
@@ -117,7 +118,7 @@ class Store(ABC):
             new, charge = ledger.commit(s, request_id, actual, now)
             if op is not None:
                 body = response(new, charge) if callable(response) else response
-                op.record = IdempotencyRecord(request_id, now, bytes(body))
+                op.record = IdempotencyRecord(request_id, now, bytes(body), request_digest)
             return new, charge
 
         return await self._transact(channel_id, fn, idem=op, durable=True, decided=on_charge)
@@ -213,9 +214,10 @@ class Store(ABC):
 
     @abstractmethod
     async def begin_idempotent(
-        self, channel_id: bytes, key: str, request_id: str, now: float
+        self, channel_id: bytes, key: str, request_id: str, now: float, *, digest: str = ""
     ) -> IdempotencyRecord | None:
-        """Claim an Idempotency-Key for `request_id`, atomically.
+        """Claim an Idempotency-Key for `request_id`, atomically; `digest` fingerprints the
+        request (kept with the answer by commit(..., request_digest=digest)).
 
         None: it is yours now (a pending marker is stored; finish with commit(...,
         idempotency_key=key, response=...) or release(..., idempotency_key=key)).

@@ -100,7 +100,7 @@ class MemoryStore(Store):
         return list(self._states.values())
 
     async def begin_idempotent(
-        self, channel_id: bytes, key: str, request_id: str, now: float
+        self, channel_id: bytes, key: str, request_id: str, now: float, *, digest: str = ""
     ) -> IdempotencyRecord | None:
         k = (channel_id, key)
         cur = self._idem.get(k)
@@ -108,7 +108,7 @@ class MemoryStore(Store):
             cur.done or now - cur.created_at < self.policy.reservation_timeout_s
         ):
             return cur
-        rec = IdempotencyRecord(request_id, now, None)
+        rec = IdempotencyRecord(request_id, now, None, digest)
         self._idem[k] = rec
         writes: list[Write] = [("idem", channel_id, key, rec)]
         self._begun += 1

@@ -269,9 +269,9 @@ class RedisStore(Store):
     # idempotency -------------------------------------------------------------------------------
 
     async def begin_idempotent(
-        self, channel_id: bytes, key: str, request_id: str, now: float
+        self, channel_id: bytes, key: str, request_id: str, now: float, *, digest: str = ""
     ) -> IdempotencyRecord | None:
-        rec = encode_idem(IdempotencyRecord(request_id, now, None))
+        rec = encode_idem(IdempotencyRecord(request_id, now, None, digest))
         got = await self._begin(
             keys=[self._idem_key(channel_id, key)],
             args=[

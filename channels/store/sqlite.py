@@ -26,11 +26,22 @@ The store is bound to the event loop that opened it (the writer's answers arrive
 If the writer fails (disk full, killed), every waiting and later write raises RuntimeError
 naming the cause. Not for several processes on one file (their in-memory states would
 diverge): use Redis.
+
+One owner per file, enforced: `open()` takes an exclusive ``flock`` on ``PATH.lock`` (and
+writes its pid there) before it reads the file, and the writer process inherits that lock,
+so it is held until both the owner and its writer are gone. The kernel drops it when they
+die, so a crashed gateway never blocks the next open. A second open, in this process or
+another, raises `LedgerLocked` naming the owner; `ledger_holder(path)` asks without
+opening::
+
+    >>> ledger_holder("ledger.sqlite3")
+    LockHolder(pid=4242, command='/usr/bin/python3 /usr/local/bin/paychan serve ...')
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import pickle
@@ -39,6 +50,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +58,7 @@ from ..ledger import LedgerPolicy
 from ._codec import decode_idem, decode_state, encode_idem, encode_state
 from .memory import MemoryStore, Write
 
-__all__ = ["SqliteStore"]
+__all__ = ["LedgerLocked", "LockHolder", "SqliteStore", "ledger_holder", "lock_path"]
 
 _WRITER = Path(__file__).with_name("_sqlite_writer.py")
 log = logging.getLogger("paychan.store")
@@ -62,6 +74,143 @@ CREATE TABLE IF NOT EXISTS kv (
     ns TEXT NOT NULL, space TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ns, space, key)) WITHOUT ROWID;
 """
+
+
+# How long open() waits for a lock whose owner has died: its orphaned writer is committing
+# what it had read and exits as soon as it has (milliseconds; seconds on a slow disk).
+_ORPHAN_WAIT_S = 10.0
+
+
+# ------------------------------------------------------------------------------ the owner lock
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """The process that owns a SQLite ledger, as far as it can be known."""
+
+    pid: int | None  # None: the lock file names no process (an owner that is starting)
+    command: str | None = None  # its command line, where /proc shows it
+
+    def describe(self) -> str:
+        """``"process 4242 (paychan serve --store ...)"``, or ``"another process"``."""
+        if self.pid is None:
+            return "another process"
+        return f"process {self.pid}" + (f" ({self.command})" if self.command else "")
+
+
+class LedgerLocked(RuntimeError):
+    """Another process (or another store in this one) owns this SQLite ledger file.
+
+        try:
+            store = await SqliteStore.open("ledger.sqlite3", chain_id=1, contract=settlement)
+        except LedgerLocked as exc:
+            print(exc.holder.pid, exc)   # the owner, and a message naming the file and the fix
+    """
+
+    def __init__(self, path: str | Path, holder: LockHolder) -> None:
+        self.path = Path(path)
+        self.holder = holder
+        super().__init__(
+            f"{self.path}: this SQLite ledger is open in {holder.describe()}, which holds its "
+            f"owner lock {lock_path(self.path)}; a SQLite ledger has exactly one writer, so stop "
+            "that process first (or use a Redis store to share one ledger between processes)"
+        )
+
+
+def lock_path(path: str | Path) -> Path:
+    """The owner-lock file of the ledger at ``path``.
+
+        lock_path("ledger.sqlite3")   # Path("ledger.sqlite3.lock")
+    """
+    return Path(f"{path}.lock")
+
+
+def ledger_holder(path: str | Path) -> LockHolder | None:
+    """The live process that owns the ledger at ``path``; None when nothing holds it.
+
+        if (holder := ledger_holder("ledger.sqlite3")) is not None:
+            sys.exit(f"in use by {holder.describe()}")
+
+    Opens nothing but the lock file (never creates it). A lock still held only by the
+    orphaned writer of a dead owner counts as free: `SqliteStore.open` waits for that writer.
+    """
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            # Shared, and dropped at once: two probes never block each other.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            return holder if _alive(holder.pid) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+async def _acquire_lock(path: Path, *, orphan_wait_s: float = _ORPHAN_WAIT_S) -> int:
+    """Take the owner lock of the ledger at ``path`` and record our pid; the locked fd.
+
+    Raises LedgerLocked at once while the owner lives; waits (bounded) while only the
+    orphaned writer of a dead owner still holds it.
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + orphan_wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                if _alive(holder.pid) or time.monotonic() >= deadline:
+                    raise LedgerLocked(path, holder) from None
+                await asyncio.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    except BaseException:
+        os.close(fd)  # drops the lock too, if we had taken it
+        raise
+
+
+def _read_holder(fd: int) -> LockHolder:
+    """The owner a lock file names (its pid, written by the owner after locking)."""
+    try:
+        pid: int | None = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip())
+    except ValueError:
+        return LockHolder(None)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # not Linux, or another user's process
+        return LockHolder(pid)
+    command = " ".join(raw.decode("utf-8", "replace").replace("\0", " ").split())  # one line
+    return LockHolder(pid, (command[:157] + "...") if len(command) > 160 else command or None)
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a running process (a zombie is not; unknown counts as alive)."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+# ------------------------------------------------------------------------------ the store
 
 
 class SqliteStore(MemoryStore):
@@ -87,20 +236,30 @@ class SqliteStore(MemoryStore):
         self._in_flight: asyncio.Future[None] | None = None  # the transaction the writer holds
         self._answers = b""  # the writer's answer lines, as far as read
         self._failed: BaseException | None = None
+        self._lock_fd: int | None = None  # the owner lock (see the module doc) while open
         self.transactions = 0  # fsynced transactions so far (group-commit efficiency)
 
     @classmethod
     async def open(
         cls, path: str | Path, *, chain_id: int, contract: str, policy: LedgerPolicy | None = None
     ) -> SqliteStore:
-        """Open (creating it if needed) and load the file; starts the writer process."""
+        """Take the owner lock, open (creating it if needed) and load the file; starts the
+        writer process. Raises LedgerLocked when another process owns the file."""
         store = cls(path, chain_id=chain_id, contract=contract, policy=policy)
-        await asyncio.to_thread(store._load)
-        store._loop = asyncio.get_running_loop()
-        store._writer = subprocess.Popen(
-            [sys.executable, "-I", str(_WRITER), str(store.path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-        )
+        # Locked before reading: an owner's in-memory state must be the file's only writer.
+        lock_fd = store._lock_fd = await _acquire_lock(store.path)
+        try:
+            await asyncio.to_thread(store._load)
+            store._loop = asyncio.get_running_loop()
+            # The writer shares the lock (same open file), so a dead gateway's file stays
+            # locked until its writer has committed what it had read and exited.
+            store._writer = subprocess.Popen(
+                [sys.executable, "-I", str(_WRITER), str(store.path), str(lock_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=(lock_fd,),
+            )
+        except BaseException:
+            store._release_lock()
+            raise
         store._loop.add_reader(store._writer.stdout.fileno(), store._on_answer)  # type: ignore[union-attr]
         return store
 
@@ -130,7 +289,12 @@ class SqliteStore(MemoryStore):
                 self._states[bytes(cid)] = decode_state(raw)
             q = "SELECT channel_id, key, record FROM idempotency WHERE ns=?"
             for cid, key, raw in conn.execute(q, (self._ns,)):
-                self._idem[(bytes(cid), key)] = decode_idem(raw)
+                rec = decode_idem(raw)
+                # A pending marker on disk belongs to a process that died mid-request (one
+                # process owns the file): its request was never charged, so its retry must
+                # run now, not wait 409s until the marker times out.
+                if rec.done:
+                    self._idem[(bytes(cid), key)] = rec
             for space, key, value in conn.execute(
                 "SELECT space, key, value FROM kv WHERE ns=?", (self._ns,)
             ):
@@ -287,5 +451,13 @@ class SqliteStore(MemoryStore):
             if self._failed is None and self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(writer.stdout.fileno())  # type: ignore[union-attr]
             writer.stdin.close()  # type: ignore[union-attr]  # end of input: the writer exits
-            await asyncio.to_thread(writer.wait)
-            writer.stdout.close()  # type: ignore[union-attr]
+            try:
+                await asyncio.to_thread(writer.wait)
+                writer.stdout.close()  # type: ignore[union-attr]
+            finally:
+                self._release_lock()  # after the writer's last commit: the next owner may open
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,8 +1,9 @@
-"""``paychan channel``: the payer's channels (list, show, refund, withdraw).
+"""``paychan channel``: the payer's channels (list, show, refund, withdraw, sync).
 
     $ paychan channel list                                   # from ~/.paychan/payer.sqlite
     $ paychan channel show --gateway http://127.0.0.1:8402 --rpc http://127.0.0.1:8545
     $ paychan channel refund --gateway http://127.0.0.1:8402 --key-file payer.key
+    $ paychan channel sync --gateway http://127.0.0.1:8402 --rpc http://127.0.0.1:8545 --key-file payer.key
     $ paychan channel withdraw initiate --rpc http://127.0.0.1:8545 --key-file payer.key
     $ paychan channel withdraw finalize --rpc http://127.0.0.1:8545 --key-file payer.key
 
@@ -10,8 +11,13 @@
 gateway's view (GET /v1/channels/ID), with ``--rpc`` the chain's. ``refund`` asks the gateway
 for a cooperative refund of everything not charged (or ``--amount``). ``withdraw`` is the
 on-chain escape hatch: ``initiate`` starts the timed withdrawal, ``finalize`` completes it once
-the channel's withdrawDelay has passed; the payer key pays the gas. Amounts are token base
-units (6 decimals for USDC: 1000 = 0.001 USDC).
+the channel's withdrawDelay has passed; the payer key pays the gas. ``sync`` rebuilds the
+state file's record of the payer's channel with the gateway (a lost file, or a stale one after
+another file of the same key paid): the gateway's charged total is adopted only with its
+proof, the payer's own last voucher, checked against the key; with ``--rpc`` it is floored
+at the chain's totalClaimed and funded by the chain's balance, and without a proof at the
+gateway the chain's totalClaimed is the baseline. Amounts are token base units (6 decimals
+for USDC: 1000 = 0.001 USDC).
 
 This module also holds the helpers the other payer commands (classify, models) share.
 """
@@ -115,7 +121,7 @@ def _amount(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "channel",
-        help="the payer's channels: list, show, refund, withdraw",
+        help="the payer's channels: list, show, refund, withdraw, sync",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -174,6 +180,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_state_flag(wd)
     add_json_flag(wd)
     wd.set_defaults(handler=_withdraw)
+
+    sync = sub.add_parser("sync", help="rebuild the local channel state from the gateway and chain",
+                          formatter_class=fmt,
+                          description="Rebuild the state file's record of this key's channel "
+                          "with the gateway: after losing the file, or when another file of the "
+                          "same key paid since. The gateway's charged total is adopted only with "
+                          "the payer's own last voucher as proof (checked against the key, never "
+                          "above what it signed); --rpc floors it at the chain's totalClaimed, "
+                          "or rebuilds from the chain alone when the gateway has no proof.\n\n"
+                          "example:\n  paychan channel sync --gateway http://127.0.0.1:8402 "
+                          "--rpc http://127.0.0.1:8545 --key-file payer.key")
+    add_gateway_flag(sync, required=True)
+    sync.add_argument("--rpc", metavar="URL",
+                      help="JSON-RPC URL of the chain: check against on-chain totalClaimed")
+    add_key_flag(sync)
+    add_state_flag(sync)
+    add_json_flag(sync)
+    sync.set_defaults(handler=_sync)
 
 
 def _records(args: argparse.Namespace) -> list[Any]:
@@ -349,3 +373,30 @@ def _human_withdraw(d: dict[str, Any]) -> str:
     ready_text = ready.isoformat(timespec="seconds")
     return (f"withdrawal of {d['amount']} started on {d['channelId']} (tx {d['transaction']}); "
             f"finalize after {ready_text} with: paychan channel withdraw finalize")
+
+
+def _sync(args: argparse.Namespace) -> int:
+    async def work() -> dict[str, Any]:
+        async with open_client(args) as client:
+            result = await client.sync()
+        return {"state": str(state_path(args)), **result.to_json()}
+
+    emit(args, run_sdk(work), _human_sync)
+    return 0
+
+
+def _human_sync(d: dict[str, Any]) -> str:
+    proof = {"gateway": "the gateway's charged total, proven by this key's own voucher",
+             "gateway+chain": "the gateway's charged total, proven by this key's own voucher, "
+                              "checked against the chain",
+             "chain": "the chain's totalClaimed (the gateway holds no proof)"}[d["source"]]
+    before = d["before"]
+    was = ("the file had no record of it" if before is None else
+           f"was balance {before['balance']}, charged {before['charged']}")
+    lines = [f"synced {d['channelId']} into {d['state']} from {proof}",
+             f"  balance {d['balance']}, charged {d['charged']}, remaining {d['remaining']}, "
+             f"signed max {d['signedMax']} ({was})"]
+    if d["chain"] is not None:
+        c = d["chain"]
+        lines.append(f"  chain: balance {c['balance']}, claimed {c['totalClaimed']}")
+    return "\n".join(lines)

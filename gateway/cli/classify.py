@@ -11,6 +11,13 @@ gateway's minimum); later images pay with vouchers, and the channel is topped up
 balance runs out. Each answer's signed receipt is verified. The payer's channels live in
 ``--state`` (default ~/.paychan/payer.sqlite); see ``paychan channel``.
 
+Each image is sent with an ``Idempotency-Key``; an answer lost on the way (connection cut,
+502/504) or refused for now (503) is asked for again with the same key and payment
+(``--retries``), and the gateway replays a charged answer instead of charging again. A ``--state`` file that is new or stale (the same key
+paid from another file, and the gateway claimed since) adopts the gateway's charged total
+from its corrective 402 once the payer's own voucher in it checks out (``--rpc``: and the
+chain agrees), so no withdrawal is needed; see also ``paychan channel sync``.
+
 Prints each image's best label, its probability and animal group, and what it cost (token
 base units: 1000 = 0.001 USDC), then the total and what the channel still holds.
 """
@@ -44,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="deposit size in token base units (default: 10 x the price)")
     p.add_argument("--concurrency", type=int, default=4,
                    help="images in flight at once on the channel (default 4)")
+    p.add_argument("--rpc", metavar="URL",
+                   help="JSON-RPC URL of the chain: a state adopted from the gateway (a new or "
+                        "stale --state file) is also checked against on-chain totalClaimed")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="resends of an image whose answer was lost (connection cut, 502/504) "
+                        "or transient (503), with the same Idempotency-Key and payment: the "
+                        "gateway replays a charged answer, never charges twice (default 3)")
     add_key_flag(p)
     add_state_flag(p)
     add_json_flag(p)
@@ -60,13 +74,15 @@ def _handle(args: argparse.Namespace) -> int:
                        EXIT_USAGE)
     if args.concurrency < 1:
         raise CliError("--concurrency: must be at least 1", EXIT_USAGE)
+    if args.retries < 0:
+        raise CliError(f"--retries {args.retries}: must be 0 or more", EXIT_USAGE)
     paths = _expand(args.images)
     for path in paths:  # every image checked before the first payment
         try:
             load_image(path)
         except InputError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
-    client = open_client(args, deposit=args.deposit)
+    client = open_client(args, deposit=args.deposit, retries=args.retries)
     data = run_sdk(lambda: _classify_all(args, client, paths))
     emit(args, data, _human)
     if data["failed"] == len(paths):

@@ -13,11 +13,17 @@ lease over within ``settler_lease_ttl_s`` (and first finishes the transactions i
 Settlement policy (flags, ``PAYCHAN_*`` or TOML): a claim is due on a pending withdrawal, or
 when the oldest unclaimed charge is ``--claim-after-s`` seconds old (default 3600), or when
 ``--claim-threshold`` units are unclaimed (default 1000000); ``paychan settle`` forces one.
+
+Slow and greedy clients are cut off (``gateway.connections``): ``--header-timeout-s`` (10),
+``--body-idle-timeout-s`` (20) with ``--body-min-rate`` (500 bytes/s) answer 408 and close;
+``--max-connections-per-address`` (128) refuses one more with 429; ``--keepalive-timeout-s`` (75).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -27,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli._common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, add_json_flag
+from gateway.cli._common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, add_json_flag
 
 __all__ = ["config_from_args", "register", "run_server"]
 
@@ -65,6 +71,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="... or once this many token units are unclaimed (default 1000000)")
     p.add_argument("--no-facilitator", dest="facilitator", action="store_const", const=False,
                    help="do not mount the x402 facilitator endpoints under /facilitator")
+    p.add_argument("--header-timeout-s", type=float,
+                   help="408 and close when a request's headers take longer (default 10)")
+    p.add_argument("--body-idle-timeout-s", type=float,
+                   help="408 and close when a request body stalls this long (default 20)")
+    p.add_argument("--body-min-rate", type=int,
+                   help="... or averages fewer bytes/s after that grace (default 500; 0: off)")
+    p.add_argument("--max-connections-per-address", type=int,
+                   help="open connections one client address may hold; more get 429 (default 128; 0: off)")
+    p.add_argument("--keepalive-timeout-s", type=float,
+                   help="close an idle keep-alive connection after this long (default 75)")
+    p.add_argument("--admin-token-file", type=Path,
+                   help="enable POST /admin/settle for callers sending this file's token as "
+                   "'Authorization: Bearer' (also PAYCHAN_ADMIN_TOKEN); off by default")
     add_json_flag(p)
     p.set_defaults(handler=_handle)
 
@@ -72,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _FLAG_FIELDS = (
     "config", "rpc_url", "key_file", "token", "price", "store", "model", "batch_cap", "workers", "host",
     "port", "receiver", "settlement", "samples_dir", "payment", "settler", "claim_after_s",
-    "claim_threshold", "facilitator",
+    "claim_threshold", "facilitator", "header_timeout_s", "body_idle_timeout_s", "body_min_rate",
+    "max_connections_per_address", "keepalive_timeout_s", "admin_token_file",
 )
 
 
@@ -90,6 +110,8 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
 
 
 def _handle(args: argparse.Namespace) -> int:
+    from channels.store.sqlite import LedgerLocked
+
     config = config_from_args(args)
     announce = {
         "url": f"http://{config.host}:{config.port}",
@@ -107,14 +129,14 @@ def _handle(args: argparse.Namespace) -> int:
             run_server(config)
         except ConnectionError as exc:  # the RPC (or Redis) did not answer at startup
             raise CliError(str(exc), EXIT_UNREACHABLE) from None
+        except LedgerLocked as exc:  # another process owns the SQLite ledger file
+            raise CliError(f"store: {exc}", EXIT_FAILED) from None
         return 0
     return _run_workers(config)
 
 
 def run_server(config: Any, *, reuse_port: bool = False) -> None:
     """Serve ``config`` in this process until SIGINT/SIGTERM (drains in-flight requests)."""
-    from aiohttp import web
-
     from gateway.app import create_app
 
     if not config.is_null_model and config.device == "cpu":
@@ -123,15 +145,55 @@ def run_server(config: Any, *, reuse_port: bool = False) -> None:
         keep_freed_memory()  # before any thread allocates: no page faults per model batch
     app = create_app(config)
     app.on_startup.append(_tune_collector)  # runs after the cleanup contexts have opened
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        reuse_port=reuse_port or None,
-        shutdown_timeout=config.drain_timeout_s,
-        access_log=None,
-        print=None,
-    )
+    _run_until_signalled(app, config, reuse_port=reuse_port)
+
+
+def _run_until_signalled(app: Any, config: Any, *, reuse_port: bool) -> None:
+    """``web.run_app`` with the gateway's runner: its protocol cuts slow clients off and caps
+    connections per address (``gateway.connections``), which ``run_app``'s own runner cannot.
+
+    Same lifecycle as ``run_app``: SIGINT/SIGTERM stop the server, its own cleanup (drain,
+    then the app's cleanup contexts in order) runs before any other task is cancelled.
+    """
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve_forever(app, config, reuse_port=reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for task in rest:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+async def _serve_forever(app: Any, config: Any, *, reuse_port: bool) -> None:
+    """Start ``app`` on ``config.host:port`` through ``GatewayRunner``; clean up when stopped."""
+    from aiohttp import web
+
+    from gateway.connections import GatewayRunner
+
+    runner = GatewayRunner(app, handle_signals=True, access_log=None,
+                           shutdown_timeout=config.drain_timeout_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
+        await site.start()
+        await asyncio.Event().wait()  # until a signal raises GracefulExit
+    finally:
+        await runner.cleanup()
 
 
 # Young-generation passes per net container allocations (CPython's default is 700).

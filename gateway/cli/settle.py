@@ -12,8 +12,16 @@ receipt. Prints the channels claimed, the amounts, the transaction hashes and th
 
 The key (``--key-file`` or ``PAYCHAN_KEY``) must be the gateway's receiverAuthorizer key: it
 signs the claim batch and pays the gas. Settings also come from ``PAYCHAN_*`` and ``--config``
-like ``paychan serve``. A Redis ledger may be settled while the gateway runs; a SQLite ledger
-belongs to one process, so stop the gateway before settling its file.
+like ``paychan serve``. A Redis ledger may be settled while the gateway runs. A SQLite ledger
+belongs to one process: while a gateway holds the file, this refuses (exit 1) and says which
+process holds it; stop that gateway first, or ask the running gateway to settle itself:
+
+    $ paychan settle --gateway http://127.0.0.1:8402 --admin-token-file admin.token
+
+``--gateway`` calls the gateway's ``POST /admin/settle`` (enabled by ``paychan serve
+--admin-token-file F`` or ``PAYCHAN_ADMIN_TOKEN``; the token comes from ``--admin-token-file``,
+``PAYCHAN_ADMIN_TOKEN_FILE`` or ``PAYCHAN_ADMIN_TOKEN``): the gateway's own settler claims and
+settles with its key, store and chain, and the same report is printed.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from gateway.cli._common import (
     emit,
 )
 
-__all__ = ["register", "settle_once"]
+__all__ = ["register", "settle_once", "settle_via_gateway"]
 
 Progress = Callable[[str], None]
 
@@ -58,7 +66,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--claim-batch-size", type=int,
                    help="channels per claim transaction (1..100, default 100)")
     p.add_argument("--tx-timeout-s", type=float,
-                   help="seconds to wait for each receipt (default 600)")
+                   help="seconds to wait for each receipt (default 600; with --gateway, "
+                   "the answer is awaited up to 3 x this + 60 s)")
+    p.add_argument("--gateway", metavar="URL",
+                   help="settle a running gateway through its POST /admin/settle "
+                   "(e.g. http://127.0.0.1:8402) instead of opening its ledger")
+    p.add_argument("--admin-token-file", type=Path,
+                   help="with --gateway: file holding the gateway's admin token "
+                   "(default: PAYCHAN_ADMIN_TOKEN_FILE or PAYCHAN_ADMIN_TOKEN)")
     add_json_flag(p)
     p.set_defaults(handler=_handle)
 
@@ -85,10 +100,36 @@ def _config(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise CliError(f"--store: no ledger file at {path}; pass the --store the gateway uses",
                            EXIT_USAGE)
+        _refuse_if_owned(path)  # before touching the chain: the answer is the same anyway
     return config
 
 
+def _refuse_if_owned(path: Path) -> None:
+    """CliError (exit 1) while a live process owns the SQLite ledger at ``path``."""
+    from channels.store.sqlite import ledger_holder
+
+    holder = ledger_holder(path)
+    if holder is not None:
+        raise CliError(_owned_message(path, holder), EXIT_FAILED)
+
+
+def _owned_message(path: Path, holder: Any) -> str:
+    """One line: the file, its owner, and the three ways forward."""
+    return (
+        f"--store: {path} is open in {holder.describe()}, which owns this SQLite ledger "
+        f"(lock {path}.lock), and a second writer would corrupt its charges; stop that gateway "
+        "and run paychan settle again, or settle it while it runs with `paychan settle "
+        "--gateway URL --admin-token-file F` (the gateway started with --admin-token-file F), "
+        "or run the gateway on a Redis store (--store redis://...), which paychan settle may share"
+    )
+
+
 def _handle(args: argparse.Namespace) -> int:
+    if args.gateway is not None:
+        return _handle_gateway(args)
+    if args.admin_token_file is not None:
+        raise CliError("--admin-token-file: only used with --gateway URL (settle a running "
+                       "gateway through its admin route)", EXIT_USAGE)
     config = _config(args)
     if args.json:
         result = asyncio.run(settle_once(config))
@@ -100,6 +141,109 @@ def _handle(args: argparse.Namespace) -> int:
             result = asyncio.run(settle_once(config, progress=status.update))
     emit(args, result, _human)
     return 0
+
+
+# ---------------------------------------------------------------------- through a running gateway
+
+# The gateway settles with its own key, store and chain: these flags would be silently ignored.
+_LOCAL_ONLY = {"config": "--config", "store": "--store", "rpc_url": "--rpc",
+               "key_file": "--key-file", "token": "--token", "settlement": "--settlement",
+               "receiver": "--receiver", "claim_batch_size": "--claim-batch-size"}
+
+
+def _handle_gateway(args: argparse.Namespace) -> int:
+    given = [flag for name, flag in _LOCAL_ONLY.items() if getattr(args, name, None) is not None]
+    if given:
+        raise CliError(f"--gateway: the gateway settles with its own key, store and chain; drop "
+                       f"{', '.join(given)}", EXIT_USAGE)
+    token = _admin_token(args.admin_token_file, os.environ)
+    wait_s = 3 * (args.tx_timeout_s or 600.0) + 60.0
+    if args.json:
+        result = asyncio.run(settle_via_gateway(args.gateway, token, wait_s=wait_s))
+    else:
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"asking {args.gateway} to claim and settle..."):
+            result = asyncio.run(settle_via_gateway(args.gateway, token, wait_s=wait_s))
+    emit(args, result, _human)
+    return 0
+
+
+def _admin_token(path: Path | None, env: Any) -> str:
+    """The admin token: ``--admin-token-file``, else the file PAYCHAN_ADMIN_TOKEN_FILE names,
+    else PAYCHAN_ADMIN_TOKEN.
+
+        token = _admin_token(Path("admin.token"), os.environ)
+    """
+    if path is None and env.get("PAYCHAN_ADMIN_TOKEN_FILE"):
+        path = Path(env["PAYCHAN_ADMIN_TOKEN_FILE"])
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"--admin-token-file: cannot read {path}: {exc.strerror}; pass the "
+                           "file the gateway was started with", EXIT_USAGE) from None
+    else:
+        token = env.get("PAYCHAN_ADMIN_TOKEN", "").strip()
+    if not token:
+        raise CliError("--admin-token-file: no admin token; pass --admin-token-file F (the file "
+                       "the gateway was started with) or set PAYCHAN_ADMIN_TOKEN", EXIT_USAGE)
+    return token
+
+
+async def settle_via_gateway(url: str, token: str, *, wait_s: float = 1860.0) -> dict[str, Any]:
+    """``POST {url}/admin/settle`` with the admin token; the gateway's settlement report.
+
+        result = await settle_via_gateway("http://127.0.0.1:8402", token)
+
+    Raises CliError: EXIT_USAGE (no admin route, no or wrong token), EXIT_UNREACHABLE (the
+    gateway or its chain cannot be reached), EXIT_FAILED (a transaction failed on-chain).
+    """
+    import aiohttp
+
+    base = url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=wait_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
+            base + "/admin/settle", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            status, body = response.status, await response.read()
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        raise CliError(f"--gateway: cannot reach {base} ({type(exc).__name__}: {exc}); start the "
+                       "gateway or pass its URL", EXIT_UNREACHABLE) from None
+    except aiohttp.InvalidURL:
+        raise CliError(f"--gateway: {url!r} is not a URL; pass e.g. http://127.0.0.1:8402",
+                       EXIT_USAGE) from None
+    data = _json_or_none(body)
+    if status == 200 and isinstance(data, dict):
+        return {"gateway": base, **data}
+    raise _gateway_error(base, status, data)
+
+
+def _json_or_none(body: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _gateway_error(base: str, status: int, data: Any) -> CliError:
+    """The one-line CliError for a gateway's refusal of ``POST /admin/settle``."""
+    said = data.get("message", "") if isinstance(data, dict) else ""
+    if status == 404:
+        return CliError(f"--gateway: {base} has no admin route (404); start the gateway with "
+                        "--admin-token-file F (or PAYCHAN_ADMIN_TOKEN) to enable POST /admin/settle",
+                        EXIT_USAGE)
+    if status in (401, 403):
+        which = "no token was sent" if status == 401 else "the token is wrong"
+        return CliError(f"--admin-token-file: {base} refused it ({status}: {which}); pass the "
+                        "token file the gateway was started with", EXIT_USAGE)
+    if status == 503:
+        return CliError(f"--gateway: {base} cannot settle now (503): {said or 'unavailable'}",
+                        EXIT_UNREACHABLE)
+    return CliError(f"--gateway: {base} answered {status}: {said or 'no JSON report'}", EXIT_FAILED)
 
 
 # ---------------------------------------------------------------------- the round
@@ -179,8 +323,12 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
 
 @contextlib.asynccontextmanager
 async def _ledger(config: Any, chain_id: int, open_ledger: Any) -> AsyncIterator[Any]:
+    from channels.store.sqlite import LedgerLocked
+
     try:
         store = await open_ledger(config, chain_id)
+    except LedgerLocked as exc:  # a gateway took the file since _config looked
+        raise CliError(_owned_message(exc.path, exc.holder), EXIT_FAILED) from None
     except Exception as exc:
         if _is_redis_outage(exc) or isinstance(exc, OSError):
             raise CliError(f"--store: cannot open {config.store} ({type(exc).__name__}: {exc}); "
@@ -239,6 +387,8 @@ def _recovered_json(result: Any, tx_result: type) -> dict[str, Any]:
 
 def _human(d: dict[str, Any]) -> str:
     lines = [f"chain {d['chain_id']}, settlement {d['settlement']}, token {d['token']}"]
+    if d.get("gateway"):
+        lines.append(f"settled by the gateway at {d['gateway']} (its own key and ledger)")
     for r in d["recovered"]:
         lines.append(f"finished a pending {r['kind']} from a previous run: {r['tx']} ({r['status']})")
     if d["claims"]:

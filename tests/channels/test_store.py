@@ -277,14 +277,17 @@ async def test_kv_for_chain_sync(store):
 
 
 async def test_namespaced_by_contract(url):
-    s1, s2 = await _open(url), await _open(url, contract="0x" + "99" * 20)
+    s1 = await _open(url)
     try:
         await s1.apply_fact(cid_of(1), Synced(balance=5, total_claimed=0))
         await s1.kv_put("c", "k", b"v")
+    finally:
+        await s1.close()  # one owner at a time: a SQLite file is locked by the store that has it
+    s2 = await _open(url, contract="0x" + "99" * 20)
+    try:
         assert await s2.get(cid_of(1)) is None and await s2.channels() == []
         assert await s2.kv_get("c", "k") is None
     finally:
-        await s1.close()
         await s2.close()
 
 

@@ -37,7 +37,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("command", [["classify"], ["channel"], ["channel", "list"],
                                      ["channel", "show"], ["channel", "refund"],
-                                     ["channel", "withdraw"], ["models"]])
+                                     ["channel", "withdraw"], ["channel", "sync"], ["models"]])
 def test_help_has_an_example(capsys, command: list[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
@@ -139,3 +139,103 @@ def test_channel_withdraw_initiate_and_finalize(paid_gateway, photos, tmp_path, 
     code, _, err = run(capsys, "channel", "withdraw", "initiate", "0x1234", "--rpc", node.url,
                        "--state", state)
     assert code == 2 and "CHANNEL_ID" in err
+
+
+def _onchain(node, cid_hex: str) -> tuple[int, int, int]:
+    """(balance, totalClaimed, withdrawRequestedAt) of a channel on `node`."""
+    import asyncio
+
+    from channels.client import read_onchain
+
+    state = asyncio.run(read_onchain(node.url, cid_hex))
+    return state.balance, state.total_claimed, state.withdraw_requested_at
+
+
+def test_another_state_file_of_the_key_classifies_after_an_sdk_refund(paid_gateway, photos, tmp_path,
+                                                                      capsys, monkeypatch) -> None:
+    """The SDK pays and refunds from one state file (the refund claims its charges); the CLI,
+    with ANOTHER state file of the same key, then classifies: its voucher is below what is
+    claimed, the gateway's corrective 402 proves the charged total with the key's own voucher,
+    the CLI adopts it and pays. Before, this was cumulative_below_claimed (exit 3), and the
+    only way out a 15-minute withdrawal."""
+    import channels
+
+    key = DEV_KEYS[1]
+    monkeypatch.setenv("PAYCHAN_KEY", key)
+    with paid_gateway.isolated() as (node, url):
+        with channels.SyncPaymentClient.from_key(key, tmp_path / "sdk.sqlite", base_url=url) as sdk:
+            sdk.classify(photos / "cat0.jpg", top_k=1)
+            sdk.classify(photos / "cat1.jpg", top_k=1)
+            refund = sdk.refund()
+            cid = "0x" + sdk.channel().channel_id.hex()
+        assert refund.amount == 8 * PRICE and _onchain(node, cid) == (2 * PRICE, 2 * PRICE, 0)
+        cli_state = str(tmp_path / "cli.sqlite")
+        code, out, err = run(capsys, "classify", str(photos / "cat2.jpg"), "--gateway", url,
+                             "--state", cli_state, "--rpc", node.url, "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        [image] = data["images"]
+        assert image["channelId"] == cid and image["charged"] == str(PRICE)
+        assert image["cumulativeCharged"] == str(3 * PRICE)
+        assert image["deposited"] == str(10 * PRICE)  # the refunded channel needed a new deposit
+        # the text form too, then the channel as the other file left it: no withdrawal anywhere
+        code, out, err = run(capsys, "classify", str(photos / "cat0.jpg"), "--gateway", url,
+                             "--state", cli_state)
+        assert code == 0 and f"cost {PRICE}" in out, err
+        assert paid_gateway.channel_view(url, cid)["chargedCumulativeAmount"] == str(4 * PRICE)
+        assert _onchain(node, cid) == (12 * PRICE, 2 * PRICE, 0)
+
+
+def test_channel_sync_rebuilds_a_lost_or_stale_state(paid_gateway, photos, tmp_path, capsys,
+                                                     monkeypatch) -> None:
+    key = DEV_KEYS[2]
+    monkeypatch.setenv("PAYCHAN_KEY", key)
+    with paid_gateway.isolated() as (node, url):
+        first = str(tmp_path / "first.sqlite")
+        code, out, err = run(capsys, "classify", str(photos), "--gateway", url, "--state", first,
+                             "--json")
+        assert code == 0, err
+        cid = json.loads(out)["channel"]["channelId"]
+        paid_gateway.settle_now(url)  # the gateway claims the 4: a new file would be below it
+        code, _, err = run(capsys, "classify", str(photos / "cat0.jpg"), "--gateway", url,
+                           "--state", first)
+        assert code == 0, err  # a 5th, not claimed yet
+
+        # a lost file: rebuilt from the gateway's proof, checked against the chain
+        lost = str(tmp_path / "lost.sqlite")
+        code, out, err = run(capsys, "channel", "sync", "--gateway", url, "--rpc", node.url,
+                             "--state", lost, "--json")
+        assert code == 0, err
+        synced = json.loads(out)
+        assert synced["channelId"] == cid and synced["source"] == "gateway+chain"
+        assert (synced["charged"], synced["balance"], synced["remaining"]) == (
+            str(5 * PRICE), str(10 * PRICE), str(5 * PRICE))
+        assert synced["before"] is None and synced["state"] == lost
+        assert synced["chain"]["totalClaimed"] == str(4 * PRICE)
+        assert synced["gateway"]["chargedCumulativeAmount"] == str(5 * PRICE)
+        code, out, _ = run(capsys, "channel", "list", "--state", lost, "--json")
+        [row] = json.loads(out)["channels"]
+        assert row["channelId"] == cid and row["charged"] == str(5 * PRICE)
+
+        # another new file, synced without --rpc (the gateway's proof alone), pays a 6th: the
+        # first file is stale now, and sync (text output) brings it from 5 to 6
+        stale = str(tmp_path / "stale.sqlite")
+        code, _, err = run(capsys, "channel", "sync", "--gateway", url, "--state", stale)
+        assert code == 0, err
+        code, _, err = run(capsys, "classify", str(photos / "cat1.jpg"), "--gateway", url,
+                           "--state", stale)
+        assert code == 0, err  # 6 now
+        code, out, err = run(capsys, "channel", "sync", "--gateway", url, "--state", first)
+        assert code == 0, err
+        assert f"synced {cid}" in out and "proven by this key's own voucher" in out
+        assert f"charged {6 * PRICE}" in out and f"was balance {10 * PRICE}, charged {5 * PRICE}" in out
+
+        # the refund from the rebuilt file returns exactly what was not charged
+        code, out, err = run(capsys, "channel", "refund", "--gateway", url, "--state", lost, "--json")
+        assert code == 0, err
+        assert json.loads(out)["refunded"] == str(4 * PRICE)
+        assert _onchain(node, cid) == (6 * PRICE, 6 * PRICE, 0)
+
+    with pytest.raises(SystemExit) as usage:
+        run(capsys, "channel", "sync", "--state", lost)
+    assert usage.value.code == 2 and "--gateway" in capsys.readouterr().err

@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from gateway.connections import GatewayRunner
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,8 +24,11 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(app: web.Application, port: int | None = None) -> AsyncIterator[str]:
-    """Start ``app`` on 127.0.0.1 (startup runs its cleanup contexts); yields the base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    """Start ``app`` on 127.0.0.1 (startup runs its cleanup contexts); yields the base URL.
+
+    Served as ``paychan serve`` serves it: through ``GatewayRunner`` (read timeouts, per-address cap).
+    """
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     port = port or free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

@@ -7,6 +7,7 @@ talk to it over real sockets, so neither has to share the gateway's loop::
         url = gw.url                            # a paid gateway on the shared anvil
         with gw.isolated() as (node, url2):     # a fresh anvil + gateway (clock jumps stay there)
             ...
+        gw.settle_now(url)                      # that gateway claims and settles its charges
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class GatewayThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
         self._tmp = tempfile.TemporaryDirectory(prefix="paychan-sdk-")
         self._runners: list[Any] = []
+        self._apps: dict[str, Any] = {}  # base URL -> its aiohttp application
         self._count = 0
         self.classifier: Any = None
         self.anvil: Anvil | None = None
@@ -76,6 +78,18 @@ class GatewayThread:
         root.mkdir(parents=True)
         return self._call(self._start(GatewayConfig.from_mapping(values)))
 
+    def settle_now(self, url: str) -> dict[str, Any]:
+        """Have the gateway at ``url`` claim (and settle) every charge now, on its own loop."""
+        from gateway.keys import PAYMENTS
+
+        return self._call(self._apps[url][PAYMENTS].settle_now())
+
+    def channel_view(self, url: str, channel_hex: str) -> dict[str, Any] | None:
+        """The ledger's view of a channel at the gateway ``url`` (None: unknown there)."""
+        from gateway.keys import PAYMENTS
+
+        return self._call(self._apps[url][PAYMENTS].channel_view(channel_hex))
+
     @contextmanager
     def isolated(self) -> Iterator[tuple[Anvil, str]]:
         """A fresh anvil with its own gateway, for tests that move the chain's clock."""
@@ -103,15 +117,18 @@ class GatewayThread:
         from aiohttp import web
 
         from gateway.app import create_app
+        from gateway.connections import GatewayRunner
         from tests.gateway.serving import free_port
 
-        runner = web.AppRunner(create_app(config, classifier=self.classifier), access_log=None,
+        runner = GatewayRunner(create_app(config, classifier=self.classifier), access_log=None,
                                shutdown_timeout=2)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self._runners.append(runner)
-        return f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        self._apps[url] = runner.app
+        return url
 
 
 def evm_increase_time(node: Anvil, seconds: int) -> None:

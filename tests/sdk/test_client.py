@@ -23,17 +23,6 @@ from tests.sdk.gateway_thread import PRICE, PROVIDER_KEY, evm_increase_time
 pytestmark = pytest.mark.anvil
 
 
-@pytest.fixture(scope="module")
-def cat_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """skimage's chelsea (a tabby / tiger cat) as a JPEG file."""
-    import skimage.data
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("images") / "chelsea.jpg"
-    Image.fromarray(skimage.data.chelsea()).save(path, "JPEG", quality=75)
-    return path
-
-
 def client_for(url: str, tmp_path: Path, key: str = DEV_KEYS[1], **kwargs) -> PaymentClient:
     return PaymentClient.from_key(key, tmp_path / "payer.sqlite", base_url=url,
                                   salt=os.urandom(32), **kwargs)
