@@ -168,15 +168,15 @@ def payment_path_breakdown(n: int = 600, rounds: int = 5) -> dict:
     import asyncio
 
     import channels
-    from channels.ledger import AcceptInput, Synced
-    from channels.store import open_store
+    from channels.protocol.ledger import AcceptInput, Synced
+    from channels.provider.store import open_store
     from coincurve import PublicKey
     from contracts import DEV_KEYS
     from gateway.payments import Hold, PaymentGate
     from gateway.receipts import ReceiptSigner
     from gateway.terms import Terms
 
-    settlement = channels.CANONICAL_SETTLEMENT_ADDRESS
+    settlement = channels.protocol.CANONICAL_SETTLEMENT_ADDRESS
     provider, payer = channels.Signer(DEV_KEYS[0]), channels.Signer(DEV_KEYS[1])
     token = bytes.fromhex("71C38570A6076FC27E5Dd9f6b62FC2206E9a4d6e")
     terms = Terms(chain_id=31337, settlement=settlement, token=token, receiver=provider.address_bytes,
@@ -185,13 +185,13 @@ def payment_path_breakdown(n: int = 600, rounds: int = 5) -> dict:
     reqs = terms.requirements(1)
     config = channels.ChannelConfig(payer.address_bytes, payer.address_bytes, provider.address_bytes,
                                     provider.address_bytes, token, 900, bytes(32))
-    cid = channels.channel_id(config, 31337, settlement)
+    cid = channels.protocol.channel_id(config, 31337, settlement)
     headers = []
     for i in range(1, n * rounds + 1):
         digest = channels.voucher_digest(31337, settlement, cid, 1000 * i)
-        voucher = channels.Voucher(cid, 1000 * i, payer.sign_digest(digest))
+        voucher = channels.protocol.Voucher(cid, 1000 * i, payer.sign_digest(digest))
         headers.append(channels.encode_payment_signature(
-            channels.PaymentPayload(reqs, channels.VoucherPayload(config, voucher))))
+            channels.protocol.PaymentPayload(reqs, channels.protocol.VoucherPayload(config, voucher))))
     terms.parse(headers[0], 1)  # the first payment of a channel takes the strict path
     body, answer = jpeg_body(), b'{"model":{},"results":[{"predictions":[]}]}'
     gate = PaymentGate.__new__(PaymentGate)
@@ -361,13 +361,13 @@ def sign_vouchers(requirements_json: dict, payer_key: str, config_json: dict, st
     reqs = channels.PaymentRequirements.from_json(requirements_json, "accepts[0]", channels.ErrorCode.INVALID_PAYLOAD)
     config = channels.ChannelConfig.from_json(config_json, "channelConfig", channels.ErrorCode.INVALID_PAYLOAD)
     signer = channels.Signer(payer_key)
-    cid = channels.channel_id(config, reqs.chain_id, channels.CANONICAL_SETTLEMENT_ADDRESS)
+    cid = channels.protocol.channel_id(config, reqs.chain_id, channels.protocol.CANONICAL_SETTLEMENT_ADDRESS)
     with path.open("w") as fh:
         for i in range(1, count + 1):
             ceiling = start_charged + (i + slack) * reqs.amount
-            digest = channels.voucher_digest(reqs.chain_id, channels.CANONICAL_SETTLEMENT_ADDRESS, cid, ceiling)
-            voucher = channels.Voucher(cid, ceiling, signer.sign_digest(digest))
-            payload = channels.PaymentPayload(reqs, channels.VoucherPayload(config, voucher))
+            digest = channels.voucher_digest(reqs.chain_id, channels.protocol.CANONICAL_SETTLEMENT_ADDRESS, cid, ceiling)
+            voucher = channels.protocol.Voucher(cid, ceiling, signer.sign_digest(digest))
+            payload = channels.protocol.PaymentPayload(reqs, channels.protocol.VoucherPayload(config, voucher))
             fh.write(channels.encode_payment_signature(payload) + "\n")
 
 
@@ -391,7 +391,7 @@ def open_channel(base_url: str, payer_key: str, deposit_units: int, tmp: Path, n
     import urllib.request
 
     import channels
-    from channels.payer import Payer
+    from channels.sdk.payer import Payer
 
     body = (tmp / "body.jpg").read_bytes()
     req = urllib.request.Request(base_url + "/v1/classify", body, {"Content-Type": "image/jpeg"})

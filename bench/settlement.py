@@ -25,11 +25,11 @@ from typing import Any
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import channels
-from channels.chain import ChainClient, TxPolicy
-from channels.facilitator import Facilitator
-from channels.ledger import AcceptInput
-from channels.settler import Settler, SettlerPolicy
-from channels.txjournal import TxJournal
+from channels.provider.chain import ChainClient, TxPolicy
+from channels.provider.facilitator import Facilitator
+from channels.protocol.ledger import AcceptInput
+from channels.provider.settler import Settler, SettlerPolicy
+from channels.provider.txjournal import TxJournal
 from contracts import DEV_KEYS, Anvil, send_transaction
 from _machine import cpu_model  # bench/ is on sys.path when a script runs
 
@@ -70,7 +70,7 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
     try:
         w3 = AsyncWeb3(AsyncHTTPProvider(node.url, request_kwargs={"timeout": 30}))
         d = node.deployment
-        store = await channels.open_store(
+        store = await channels.provider.open_store(
             f"sqlite:///{tmp / 'ledger.sqlite3'}", chain_id=d.chain_id, contract=d.settlement
         )
         chain = ChainClient(
@@ -85,11 +85,11 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
         fac = Facilitator(chain, store, authorizer=provider)
         reqs = channels.PaymentRequirements(
             f"eip155:{d.chain_id}",
-            channels.to_address(d.token),
+            channels.protocol.to_address(d.token),
             PRICE,
             provider.address_bytes,
             60,
-            channels.BatchExtra(provider.address_bytes, 900, "Test USDC", "2"),
+            channels.protocol.BatchExtra(provider.address_bytes, 900, "Test USDC", "2"),
         )
         payers = [
             channels.Payer(
@@ -108,7 +108,7 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
             for payer in payers:
                 payment = payer.pay(reqs)
                 payload = payment.payload.payload
-                if isinstance(payload, channels.DepositPayload):
+                if isinstance(payload, channels.protocol.DepositPayload):
                     done = await fac.submit_deposit(payload, reqs)
                     deposit_gas.append(done.result.gas_used)
                 voucher = payload.voucher
@@ -124,14 +124,14 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
                         config=payload.channel_config,
                     )
                 )
-                assert isinstance(got, channels.Reservation), got
+                assert isinstance(got, channels.protocol.Reservation), got
                 charge = await store.commit(payment.channel_id, req_id, PRICE, time.time())
                 payer.settle(
                     payment,
-                    channels.SettleResponse(
+                    channels.protocol.SettleResponse(
                         True,
                         reqs.network,
-                        extra=channels.ResponseExtra(
+                        extra=channels.protocol.ResponseExtra(
                             charged_amount=PRICE, channel_state=charge.channel_state
                         ),
                     ),

@@ -49,10 +49,10 @@ from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
 )
 
 import channels
-from channels import eip712
-from channels import verify as verify_module
-from channels.payer import Payer
-from channels.wire import (
+from channels.protocol import eip712
+from channels.protocol import verify as verify_module
+from channels.sdk.payer import Payer
+from channels.protocol.wire import (
     BatchExtra,
     ChannelStateSnapshot,
     PaymentRequirements,
@@ -67,7 +67,7 @@ from _machine import cpu_model  # bench/ is on sys.path when a script runs
 PAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 GATEWAY_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 CHAIN = 31337
-SETTLEMENT = channels.CANONICAL_SETTLEMENT_ADDRESS
+SETTLEMENT = channels.protocol.CANONICAL_SETTLEMENT_ADDRESS
 
 
 def machine() -> dict[str, object]:
@@ -133,8 +133,8 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 async def _store_round_trips(url: str, sequential: int, channels_n: int, per_channel: int) -> dict:
     """accept + commit through one store: one channel in sequence, then many channels at once."""
-    from channels.ledger import AcceptInput, Rejection, Synced
-    from channels.store import open_store
+    from channels.protocol.ledger import AcceptInput, Rejection, Synced
+    from channels.provider.store import open_store
 
     payer = channels.Signer(PAYER_KEY)
     store = await open_store(url, chain_id=CHAIN, contract=SETTLEMENT)
@@ -150,7 +150,7 @@ async def _store_round_trips(url: str, sequential: int, channels_n: int, per_cha
             900,
             os.urandom(32),  # a fresh channel per run and per index
         )
-        cid = channels.channel_id(config, CHAIN, SETTLEMENT)
+        cid = channels.protocol.channel_id(config, CHAIN, SETTLEMENT)
         await store.apply_fact(cid, Synced(balance=10**15, total_claimed=0), config=config)
         return config, cid
 
@@ -231,25 +231,25 @@ def main() -> None:
         CHAIN, SETTLEMENT, voucher.channel_id, voucher.max_claimable_amount
     )
     compact = voucher.signature[:64] + bytes((voucher.signature[64] - 27,))
-    assert channels.recover_signer(digest, voucher.signature) == channels.checksum_address(
+    assert channels.recover_signer(digest, voucher.signature) == channels.protocol.checksum_address(
         config.payer_authorizer
     )
     cid_hex, sig_hex = "0x" + voucher.channel_id.hex(), "0x" + voucher.signature.hex()
     amount = str(voucher.max_claimable_amount)
-    authorizer = channels.checksum_address(config.payer_authorizer)
-    payer_addr = channels.checksum_address(config.payer)
+    authorizer = channels.protocol.checksum_address(config.payer_authorizer)
+    payer_addr = channels.protocol.checksum_address(config.payer)
     uncached_channel_id = eip712.channel_id.__wrapped__
 
     def bare_recover() -> object:
         return PublicKey.from_signature_and_message(compact, digest, hasher=None)
 
     def ours() -> None:
-        channels.verify_voucher(config, voucher, CHAIN, SETTLEMENT)
+        channels.protocol.verify_voucher(config, voucher, CHAIN, SETTLEMENT)
 
     def ours_uncached() -> None:
         if voucher.channel_id != uncached_channel_id(config, CHAIN, SETTLEMENT):
             raise AssertionError
-        channels.verify_voucher(config, voucher, CHAIN, SETTLEMENT)
+        channels.protocol.verify_voucher(config, voucher, CHAIN, SETTLEMENT)
 
     known_points = verify_module._KNOWN_POINTS
 
@@ -269,7 +269,7 @@ def main() -> None:
 
     def parse_and_verify() -> None:
         p = channels.parse_payment_signature(header).payload
-        channels.verify_voucher(p.channel_config, p.voucher, CHAIN, SETTLEMENT)
+        channels.protocol.verify_voucher(p.channel_config, p.voucher, CHAIN, SETTLEMENT)
 
     gateway = channels.Signer(GATEWAY_KEY)
     receipt = Receipt(
@@ -278,13 +278,13 @@ def main() -> None:
     state = ChannelStateSnapshot(voucher.channel_id, 10**9, 0, 0, 0, 2_000)
 
     def sign_receipt() -> bytes:
-        return gateway.sign_digest(channels.receipt_digest(CHAIN, SETTLEMENT, receipt))
+        return gateway.sign_digest(channels.protocol.receipt_digest(CHAIN, SETTLEMENT, receipt))
 
     signed_receipt = SignedReceipt(receipt, sign_receipt())
 
     def encode_response() -> str:
         extra = ResponseExtra(1_000, state, None, signed_receipt)
-        return channels.encode_payment_response(
+        return channels.protocol.encode_payment_response(
             SettleResponse(True, f"eip155:{CHAIN}", "", config.payer, None, extra)
         )
 

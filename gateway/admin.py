@@ -99,7 +99,7 @@ async def settle(request: web.Request) -> web.Response:
         raise api_error(409, "payment_disabled", "payment: this gateway serves for free "
                         "(--no-payment), so it has charged nothing to settle")
     log.info("admin: settle requested by %s", request.remote)
-    from channels.chain import TxFailed, is_transport_error  # web3: loaded with the gate, not here
+    from channels.provider.chain import TxFailed, is_transport_error  # web3: loaded with the gate, not here
 
     try:
         result = await _detached(app, _settle_round(gate))

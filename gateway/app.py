@@ -7,7 +7,7 @@
 
 Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
 contexts, in order: the classifier, the payment gate (chain client, ledger store, in-process
-facilitator), then the chain sync (watcher + settler, ``channels.settler.ChainSync``).
+facilitator), then the chain sync (watcher + settler, ``channels.provider.settler.ChainSync``).
 Shutdown runs the other way round after aiohttp has stopped accepting connections and the
 in-flight paid requests have drained, so the last charges are committed before the store is
 flushed and closed. With ``config.facilitator`` the x402 facilitator endpoints are mounted
@@ -64,7 +64,7 @@ def create_app(
     ``classifier`` (an ``inference.Classifier``) may be passed in to share one loaded model,
     e.g. across tests. ``chain`` shares a chain *connection*: an ``AsyncWeb3``, or anything
     with a ``.w3`` AsyncWeb3 — ``contracts.EmbeddedChain`` (``paychan demo``) or a
-    ``channels.ChainClient``. Whichever is given, the gateway builds its own ``ChainClient``
+    ``channels.provider.ChainClient``. Whichever is given, the gateway builds its own ``ChainClient``
     over that connection (signing with ``config.key``, journaling into its ledger store);
     addresses come from ``config`` (settlement, collector, token). Without ``chain`` it
     connects to ``config.rpc_url``. Passed-in objects are not closed by the app::

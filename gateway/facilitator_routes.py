@@ -1,6 +1,6 @@
 """The x402 facilitator endpoints for other x402 servers: POST /verify, POST /settle, GET /supported.
 
-A sub-application around `channels.facilitator.Facilitator` (the same object the gateway uses
+A sub-application around `channels.provider.facilitator.Facilitator` (the same object the gateway uses
 in-process); mount it under a prefix::
 
     app.add_subapp("/facilitator", facilitator_app(facilitator))
@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from channels.facilitator import Facilitator
+from channels.provider.facilitator import Facilitator
 
 __all__ = ["FACILITATOR", "facilitator_app"]
 

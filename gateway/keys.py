@@ -58,9 +58,9 @@ SAMPLES = web.AppKey("samples", SampleStore)
 SAMPLE_LIMITER = web.AppKey("sample_limiter", RateLimiter)
 # Set by cleanup contexts; typed Any until the owning packages' types are imported lazily.
 CLASSIFIER: web.AppKey[Any] = web.AppKey("classifier")
-STORE: web.AppKey[Any] = web.AppKey("store")  # the ledger store (channels.store)
+STORE: web.AppKey[Any] = web.AppKey("store")  # the ledger store (channels.provider.store)
 PAYMENTS: web.AppKey[Any] = web.AppKey("payments")  # gateway.payments.PaymentGate
-# The running channels.settler.ChainSync (watcher + settler) when config.settler; else None.
+# The running channels.provider.settler.ChainSync (watcher + settler) when config.settler; else None.
 SETTLER: web.AppKey[Any] = web.AppKey("settler")
 
 # Per-request values handed from the pricer / payment gate to the handler and back.

@@ -41,16 +41,16 @@ from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.logs import DISCARD
 
-from channels.chain import ChainClient, TxPolicy, is_transport_error
-from channels.eip712 import checksum_address, to_address
-from channels.errors import ErrorCode, PaymentError
-from channels.facilitator import Facilitator
-from channels.ledger import AcceptInput, LedgerPolicy, Rejection, UnknownReservation
-from channels.settler import ChainSync, LocalLease, SettlementReport, SettlerPolicy, lease_for
-from channels.signing import Signer
-from channels.txjournal import TxJournal
-from channels.verify import verify_deposit_authorization
-from channels.wire import DepositPayload, RefundPayload
+from channels.provider.chain import ChainClient, TxPolicy, is_transport_error
+from channels.protocol.eip712 import checksum_address, to_address
+from channels.protocol.errors import ErrorCode, PaymentError
+from channels.provider.facilitator import Facilitator
+from channels.protocol.ledger import AcceptInput, LedgerPolicy, Rejection, UnknownReservation
+from channels.provider.settler import ChainSync, LocalLease, SettlementReport, SettlerPolicy, lease_for
+from channels.protocol.signing import Signer
+from channels.provider.txjournal import TxJournal
+from channels.protocol.verify import verify_deposit_authorization
+from channels.protocol.wire import DepositPayload, RefundPayload
 from gateway.config import GatewayConfig
 from gateway.errors import api_error
 from gateway.keys import MODEL_VERSION_HASH
@@ -106,7 +106,7 @@ async def connect_rpc(url: str, *, timeout_s: float = 30.0) -> AsyncWeb3:
 
 def web3_of(chain: Any) -> AsyncWeb3:
     """The AsyncWeb3 inside a shared ``chain``: an AsyncWeb3 itself, or anything with ``.w3``
-    (``contracts.EmbeddedChain``, a ``channels.ChainClient``)."""
+    (``contracts.EmbeddedChain``, a ``channels.provider.ChainClient``)."""
     if isinstance(chain, AsyncWeb3):
         return chain
     w3 = getattr(chain, "w3", None)
@@ -114,7 +114,7 @@ def web3_of(chain: Any) -> AsyncWeb3:
         return w3
     raise TypeError(
         f"chain: expected an AsyncWeb3 or an object with a .w3 AsyncWeb3 (contracts.EmbeddedChain, "
-        f"channels.ChainClient), got {type(chain).__name__}"
+        f"channels.provider.ChainClient), got {type(chain).__name__}"
     )
 
 
@@ -129,7 +129,7 @@ async def open_ledger(config: GatewayConfig, chain_id: int) -> Any:
 
         store = await open_ledger(config, 31337)   # SQLite file, Redis, or memory
     """
-    from channels.store import open_store
+    from channels.provider.store import open_store
 
     url = "memory://" if config.store == "memory" else config.store
     # The ledger's own per-channel cap matches ours; a hold outlives the slowest answer.
@@ -616,7 +616,7 @@ class PaymentGate:
              "gas_used": 151234, "skipped": [],  # channels whose claim kept failing
              "receiver": "0x..", "token": "0x.."}
 
-        Raises ``channels.chain.TxFailed`` when a claim or the settle fails on-chain.
+        Raises ``channels.provider.chain.TxFailed`` when a claim or the settle fails on-chain.
         """
         report = await self.sync.settler.run_once(force=True)
         out = settlement_json(report, self.chain)

@@ -14,7 +14,7 @@ answers; alone, a receipt is a batch of one with an empty proof::
     receipt_json = await signer.sign_batched(channel_id, request_body, response_body, version, 1000, 5000)
     receipt_json = signer.sign(channel_id, request_body, response_body, version, 1000, 5000)  # now, alone
 
-A payer checks it with ``channels.verify.verify_receipt``.
+A payer checks it with ``channels.protocol.verify.verify_receipt``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from channels.eip712 import (
+from channels.protocol.eip712 import (
     RECEIPT_BATCH_TYPE,
     RECEIPT_DOMAIN_NAME,
     RECEIPT_DOMAIN_VERSION,
@@ -30,7 +30,7 @@ from channels.eip712 import (
     domain_separator,
     keccak256,
 )
-from channels.signing import Signer
+from channels.protocol.signing import Signer
 
 # Precomputed once: the type hashes, and (per signer) "\x19\x01" ++ the domain separator.
 _RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())

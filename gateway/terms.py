@@ -10,7 +10,7 @@ has three tiers, fastest first:
    short tail (amount and signature) is decoded — no JSON parse of the ~1 KB header;
 2. a known channel echoing our exact offer: the decoded JSON is compared with what was
    already validated for that channel instead of being re-validated field by field;
-3. anything new goes through ``channels.wire``'s strict parser, which names the field and
+3. anything new goes through ``channels.protocol.wire``'s strict parser, which names the field and
    the fix.
 
 Every tier ends in the same voucher signature check (one public-key recovery)::
@@ -18,7 +18,7 @@ Every tier ends in the same voucher signature check (one public-key recovery)::
     terms = Terms(chain_id=31337, token=..., receiver=..., receiver_authorizer=..., price=1000,
                   withdraw_delay=900, token_name="USD Coin", token_version="2")
     response = terms.challenge(units=1, url="http://127.0.0.1:8402/v1/classify")
-    payment = terms.parse(header, units=1)      # channels.PaymentPayload or PaymentError
+    payment = terms.parse(header, units=1)      # channels.protocol.PaymentPayload or PaymentError
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from channels.eip712 import VOUCHER_TYPE, domain_separator, keccak256
-from channels.eip712 import channel_id as compute_channel_id
-from channels.errors import ErrorCode, PaymentError
-from channels.verify import signed_by, verify_voucher
-from channels.wire import (
+from channels.protocol.eip712 import VOUCHER_TYPE, domain_separator, keccak256
+from channels.protocol.eip712 import channel_id as compute_channel_id
+from channels.protocol.errors import ErrorCode, PaymentError
+from channels.protocol.verify import signed_by, verify_voucher
+from channels.protocol.wire import (
     BatchExtra,
     ChannelConfig,
     ChannelStateSnapshot,
@@ -87,7 +87,7 @@ class _Layout:
 class VerifiedPayment:
     """A payment whose voucher signature and channel binding are checked."""
 
-    payload: object  # channels.DepositPayload | VoucherPayload | RefundPayload
+    payload: object  # channels.protocol.DepositPayload | VoucherPayload | RefundPayload
     channel_id: bytes
     channel_hex: str  # "0x" + 64 lowercase hex digits
     config: ChannelConfig

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from channels.errors import ErrorCode, PaymentError
+from channels.protocol.errors import ErrorCode, PaymentError
 from gateway.errors import api_error
 from gateway.keys import CAPS, CONFIG, DEADLINES, METRICS, PAYMENTS, STATE
 from gateway.uploads import UploadError, check_content_length

@@ -61,14 +61,14 @@ def add_gateway_flag(parser: argparse.ArgumentParser, *, required: bool) -> None
 
 
 def state_path(args: argparse.Namespace) -> Path:
-    from channels.client import DEFAULT_STATE
+    from channels.sdk.client import DEFAULT_STATE
 
     return (args.state or DEFAULT_STATE).expanduser()
 
 
 def open_client(args: argparse.Namespace, **kwargs: Any) -> Any:
     """A `channels.PaymentClient` for the key of ``--key-file`` / PAYCHAN_KEY and ``--state``."""
-    from channels.client import InputError, PaymentClient
+    from channels.sdk.client import InputError, PaymentClient
 
     key = load_key(args)
     try:
@@ -81,8 +81,9 @@ def open_client(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 def run_sdk(work: Callable[[], Awaitable[T]]) -> T:
     """Run an SDK coroutine, turning its typed errors into one-line CliErrors with exit codes."""
-    from channels import ChannelHalted, PaymentError
-    from channels.client import (
+    from channels import PaymentError
+    from channels.sdk import ChannelHalted
+    from channels.sdk.client import (
         ChainError,
         GatewayUnreachable,
         InputError,
@@ -201,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _records(args: argparse.Namespace) -> list[Any]:
-    from channels.payer import Payer
+    from channels.sdk.payer import Payer
 
     path = state_path(args)
     try:
@@ -214,7 +215,7 @@ def _records(args: argparse.Namespace) -> list[Any]:
 
 
 def _record_json(rec: Any) -> dict[str, Any]:
-    from channels.eip712 import checksum_address
+    from channels.protocol.eip712 import checksum_address
 
     return {
         "channelId": "0x" + rec.channel_id.hex(),
@@ -234,7 +235,7 @@ def _record_json(rec: Any) -> dict[str, Any]:
 async def _gateway_view(gateway: str, channel_hex: str) -> dict[str, Any] | None:
     import aiohttp
 
-    from channels.client import GatewayUnreachable
+    from channels.sdk.client import GatewayUnreachable
 
     url = f"{gateway.rstrip('/')}/v1/channels/{channel_hex}"
     try:
@@ -275,7 +276,7 @@ def _human_list(data: dict[str, Any]) -> str:
 
 def _pick(args: argparse.Namespace) -> Any:
     """The channel named on the command line, else the only one in the state file."""
-    from channels.client import InputError, parse_channel_id
+    from channels.sdk.client import InputError, parse_channel_id
 
     records = _records(args)
     if args.channel_id:
@@ -301,7 +302,7 @@ def _show(args: argparse.Namespace) -> int:
         if args.gateway:
             data["gateway"] = await _gateway_view(args.gateway, data["channelId"])
         if args.rpc:
-            from channels.client import read_onchain
+            from channels.sdk.client import read_onchain
 
             onchain = await read_onchain(args.rpc, rec.channel_id, settlement=rec.settlement)
             data["chain"] = {"balance": str(onchain.balance),

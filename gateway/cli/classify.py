@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from channels.client import MAX_TOP_K, InputError, load_image
+    from channels.sdk.client import MAX_TOP_K, InputError, load_image
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise CliError(f"--top-k {args.top_k}: must be between 1 and {MAX_TOP_K}", EXIT_USAGE)
@@ -91,7 +91,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _expand(items: list[Path]) -> list[Path]:
-    from channels.client import IMAGE_SUFFIXES
+    from channels.sdk.client import IMAGE_SUFFIXES
 
     paths: list[Path] = []
     for item in items:
@@ -107,7 +107,7 @@ def _expand(items: list[Path]) -> list[Path]:
 
 
 async def _classify_all(args: argparse.Namespace, client: Any, paths: list[Path]) -> dict[str, Any]:
-    from channels.client import RequestFailed
+    from channels.sdk.client import RequestFailed
 
     gate = asyncio.Semaphore(args.concurrency)
 

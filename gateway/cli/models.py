@@ -51,7 +51,7 @@ def _list(args: argparse.Namespace) -> int:
 
     if not args.gateway:
         raise CliError("--gateway URL is required (e.g. http://127.0.0.1:8402)", EXIT_USAGE)
-    from channels.client import PaymentClient
+    from channels.sdk.client import PaymentClient
 
     async def work() -> list[dict[str, Any]]:
         from channels import Payer, Signer

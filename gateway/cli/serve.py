@@ -110,7 +110,7 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from channels.store.sqlite import LedgerLocked
+    from channels.provider.store.sqlite import LedgerLocked
 
     config = config_from_args(args)
     announce = {

@@ -106,7 +106,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _refuse_if_owned(path: Path) -> None:
     """CliError (exit 1) while a live process owns the SQLite ledger at ``path``."""
-    from channels.store.sqlite import ledger_holder
+    from channels.provider.store.sqlite import ledger_holder
 
     holder = ledger_holder(path)
     if holder is not None:
@@ -257,11 +257,11 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
     Raises CliError: EXIT_UNREACHABLE (RPC or Redis down), EXIT_USAGE (no contract at the
     settlement address), EXIT_FAILED (a transaction failed on-chain).
     """
-    from channels.chain import ChainClient, TxFailed, TxPolicy, TxResult, is_transport_error
-    from channels.eip712 import checksum_address
-    from channels.settler import Settler, SettlerPolicy
-    from channels.signing import Signer
-    from channels.txjournal import TxJournal
+    from channels.provider.chain import ChainClient, TxFailed, TxPolicy, TxResult, is_transport_error
+    from channels.protocol.eip712 import checksum_address
+    from channels.provider.settler import Settler, SettlerPolicy
+    from channels.protocol.signing import Signer
+    from channels.provider.txjournal import TxJournal
     from gateway.payments import close_web3, connect_rpc, open_ledger, settlement_json
 
     say = progress or (lambda _text: None)
@@ -323,7 +323,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
 
 @contextlib.asynccontextmanager
 async def _ledger(config: Any, chain_id: int, open_ledger: Any) -> AsyncIterator[Any]:
-    from channels.store.sqlite import LedgerLocked
+    from channels.provider.store.sqlite import LedgerLocked
 
     try:
         store = await open_ledger(config, chain_id)

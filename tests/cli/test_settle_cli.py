@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import channels
-from channels.payer import Payer
+from channels.sdk.payer import Payer
 from contracts import DEV_KEYS, Anvil
 from gateway.cli import main
 from gateway.cli._common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 import channels
-from channels.payer import Payer
+from channels.sdk.payer import Payer
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig

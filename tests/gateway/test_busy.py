@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import channels
-from channels.payer import Payer
+from channels.sdk.payer import Payer
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.keys import METRICS, PAYMENTS
@@ -68,7 +68,7 @@ def _payer(tmp_path: Path, key: str) -> Payer:
                  deposit_amount=50 * PRICE, salt=os.urandom(32))
 
 
-def _shape(answer: channels.PaidResponse) -> dict[str, Any]:
+def _shape(answer: channels.sdk.PaidResponse) -> dict[str, Any]:
     """What a client sees of a refusal: status, code, Retry-After and the x402 shape."""
     required = json.loads(base64.b64decode(answer.headers["PAYMENT-REQUIRED"]))
     body = json.loads(answer.body)
@@ -99,7 +99,7 @@ async def _busy_answers(client: channels.PaymentClient, clf: GatedClassifier, ho
     return [_shape(a) for a in answers]
 
 
-async def _charged(app, answer: channels.PaidResponse) -> int:
+async def _charged(app, answer: channels.sdk.PaidResponse) -> int:
     view = await app[PAYMENTS].channel_view("0x" + answer.payment.channel_id.hex())
     return int(view["chargedCumulativeAmount"])
 

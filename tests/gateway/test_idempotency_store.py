@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from channels.ledger import AcceptInput, LedgerPolicy, Synced
-from channels.store import IdempotencyRecord, open_store
-from channels.store._codec import decode_idem, encode_idem
+from channels.protocol.ledger import AcceptInput, LedgerPolicy, Synced
+from channels.provider.store import IdempotencyRecord, open_store
+from channels.provider.store._codec import decode_idem, encode_idem
 from gateway.payments import request_digest
 
 REDIS_DB = 11

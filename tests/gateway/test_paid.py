@@ -18,7 +18,7 @@ import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import channels
-from channels.payer import Payer
+from channels.sdk.payer import Payer
 from contracts import DEV_KEYS, artifact
 from gateway.app import create_app
 from gateway.keys import PAYMENTS
@@ -163,9 +163,9 @@ async def test_bad_payments_get_402_with_spec_codes(make_config, anvil, model_cl
             sig = payer_signer.sign_digest(channels.voucher_digest(chain, settlement, cid_, ceiling))
             if tamper:
                 sig = sig[:5] + bytes([sig[5] ^ 0x40]) + sig[6:]
-            voucher = channels.Voucher(cid_, ceiling, sig)
+            voucher = channels.protocol.Voucher(cid_, ceiling, sig)
             return channels.encode_payment_signature(
-                channels.PaymentPayload(accepted, channels.VoucherPayload(config_, voucher)))
+                channels.protocol.PaymentPayload(accepted, channels.protocol.VoucherPayload(config_, voucher)))
 
         balance = int((await app[PAYMENTS].channel_view("0x" + cid.hex()))["balance"])
         other_chain = channels.PaymentRequirements(
@@ -303,9 +303,9 @@ async def test_two_workers_share_the_redis_ledger(anvil, jpeg, tmp_path: Path, r
 
         def header(ceiling: int) -> str:  # ceilings with headroom: any arrival order is accepted
             digest = channels.voucher_digest(31337, anvil.deployment.settlement, cid, ceiling)
-            voucher = channels.Voucher(cid, ceiling, signer.sign_digest(digest))
+            voucher = channels.protocol.Voucher(cid, ceiling, signer.sign_digest(digest))
             return channels.encode_payment_signature(
-                channels.PaymentPayload(reqs, channels.VoucherPayload(config, voucher)))
+                channels.protocol.PaymentPayload(reqs, channels.protocol.VoucherPayload(config, voucher)))
 
         async with aiohttp.ClientSession() as s:
 
@@ -348,11 +348,11 @@ async def test_channel_funded_elsewhere_is_synced_from_chain(make_config, anvil,
         signer = channels.Signer(DEV_KEYS[8])
         config = channels.ChannelConfig(signer.address_bytes, signer.address_bytes, reqs.pay_to,
                                         reqs.extra.receiver_authorizer, reqs.asset, 900, salt)
-        cid = channels.channel_id(config, 31337, anvil.deployment.settlement)
+        cid = channels.protocol.channel_id(config, 31337, anvil.deployment.settlement)
         assert cid == ch.id
-        voucher = channels.Voucher(cid, PRICE, signer.sign_digest(
+        voucher = channels.protocol.Voucher(cid, PRICE, signer.sign_digest(
             channels.voucher_digest(31337, anvil.deployment.settlement, cid, PRICE)))
-        header = channels.encode_payment_signature(channels.PaymentPayload(reqs, channels.VoucherPayload(config, voucher)))
+        header = channels.encode_payment_signature(channels.protocol.PaymentPayload(reqs, channels.protocol.VoucherPayload(config, voucher)))
         async with s.post(url + "/v1/classify", data=jpeg,
                           headers={"Content-Type": "image/jpeg", "PAYMENT-SIGNATURE": header}) as r:
             assert r.status == 200, await r.text()
@@ -367,7 +367,7 @@ async def test_a_killed_sqlite_writer_makes_readyz_fail_and_charges_nothing(
     import os
     import signal
 
-    from channels.store import SqliteStore
+    from channels.provider.store import SqliteStore
 
     ledger = tmp_path / "killed.sqlite3"
     app = create_app(paid_config(make_config, anvil, model="null", store=f"sqlite:///{ledger}"),

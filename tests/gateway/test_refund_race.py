@@ -23,8 +23,8 @@ import pytest
 
 import channels
 from channels import PaymentClient
-from channels.client import PaymentRefused
-from channels.wire import PaymentPayload, Voucher, VoucherPayload, encode_payment_signature
+from channels.sdk.client import PaymentRefused
+from channels.protocol.wire import PaymentPayload, Voucher, VoucherPayload, encode_payment_signature
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.keys import PAYMENTS
@@ -84,7 +84,7 @@ def _decoded_error(header: str | None) -> str:
     return channels.parse_payment_required(header).error or "" if header else ""
 
 
-async def _refund_until_done(client: PaymentClient, url: str) -> channels.SettleResponse:
+async def _refund_until_done(client: PaymentClient, url: str) -> channels.protocol.SettleResponse:
     """The SDK's refund, retried while requests hold the channel (the spec's channel_busy)."""
     for _ in range(2_000):
         try:

@@ -11,20 +11,16 @@ import json
 import pytest
 
 import channels
-from channels import (
-    CANONICAL_SETTLEMENT_ADDRESS as SETTLEMENT,
-)
+from channels.protocol import CANONICAL_SETTLEMENT_ADDRESS as SETTLEMENT
 from channels import (
     ChannelConfig,
+    encode_payment_signature,
     ErrorCode,
     PaymentError,
-    PaymentPayload,
     Signer,
-    Voucher,
-    VoucherPayload,
-    encode_payment_signature,
     voucher_digest,
 )
+from channels.protocol import PaymentPayload, Voucher, VoucherPayload
 from contracts import DEV_KEYS
 from gateway.terms import Terms
 
@@ -49,7 +45,7 @@ def _config(salt: bytes = bytes(32)) -> ChannelConfig:
 def _header(terms: Terms, ceiling: int, *, config: ChannelConfig | None = None, chain: int = CHAIN,
             cid: bytes | None = None, signer: Signer = PAYER, units: int = 1, tamper: bool = False) -> str:
     config = config or _config()
-    cid = cid or channels.channel_id(config, CHAIN, SETTLEMENT)
+    cid = cid or channels.protocol.channel_id(config, CHAIN, SETTLEMENT)
     sig = signer.sign_digest(voucher_digest(chain, SETTLEMENT, cid, ceiling))
     if tamper:
         sig = sig[:10] + bytes([sig[10] ^ 1]) + sig[11:]
@@ -76,7 +72,7 @@ def test_challenge_header_equals_body_and_is_cached(terms: Terms) -> None:
 def test_parse_strict_then_fast_path(terms: Terms) -> None:
     first = terms.parse(_header(terms, 1000), 1)  # strict: caches the channel
     second = terms.parse(_header(terms, 2000), 1)  # fast path
-    assert first.channel_id == second.channel_id == channels.channel_id(_config(), CHAIN, SETTLEMENT)
+    assert first.channel_id == second.channel_id == channels.protocol.channel_id(_config(), CHAIN, SETTLEMENT)
     assert second.voucher.max_claimable_amount == 2000
     assert second.channel_hex == "0x" + second.channel_id.hex()
 
@@ -116,12 +112,12 @@ def test_offer_mismatches(terms: Terms) -> None:
 
 
 def test_rejection_carries_corrective_state(terms: Terms) -> None:
-    cid = channels.channel_id(_config(), CHAIN, SETTLEMENT)
+    cid = channels.protocol.channel_id(_config(), CHAIN, SETTLEMENT)
     err = PaymentError(ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, "payload.voucher.maxClaimableAmount", "low")
     resp = terms.rejection(
         err, 1, "http://x/v1/classify",
-        channel_state=channels.ChannelStateSnapshot(cid, 10_000, 0, 0, 0, 3000),
-        voucher_state=channels.VoucherStateSnapshot(3000, b"\x01" * 65),
+        channel_state=channels.protocol.ChannelStateSnapshot(cid, 10_000, 0, 0, 0, 3000),
+        voucher_state=channels.protocol.VoucherStateSnapshot(3000, b"\x01" * 65),
     )
     body = json.loads(resp.body)
     assert resp.status == 402 and body == json.loads(base64.b64decode(resp.headers["PAYMENT-REQUIRED"]))
@@ -129,5 +125,5 @@ def test_rejection_carries_corrective_state(terms: Terms) -> None:
     extra = body["accepts"][0]["extra"]
     assert extra["channelState"]["chargedCumulativeAmount"] == "3000"
     assert extra["voucherState"]["signedMaxClaimable"] == "3000"
-    parsed = channels.PaymentRequired.from_json(body)  # our own client reads it back
+    parsed = channels.protocol.PaymentRequired.from_json(body)  # our own client reads it back
     assert parsed.accepts[0].extra.channel_state.charged_cumulative_amount == 3000

@@ -131,7 +131,7 @@ async def test_tampered_answer_raises_receipt_invalid_and_halts(paid_gateway, ca
         async with serve(app) as proxy, client_for(proxy, tmp_path, key=DEV_KEYS[4]) as client:
             with pytest.raises(ReceiptInvalid, match="resultDigest"):
                 await client.classify(cat_jpeg)
-            with pytest.raises(channels.ChannelHalted):
+            with pytest.raises(channels.sdk.ChannelHalted):
                 await client.classify(cat_jpeg)
 
 
@@ -157,7 +157,7 @@ async def test_withdraw_initiate_then_finalize_after_the_delay(paid_gateway, cat
             before = await token.functions.balanceOf(payer_address).call()
             started = await client.withdraw()
             assert started.amount == 9 * PRICE and not started.finalized  # balance - charged
-            with pytest.raises(channels.ChainError, match="WithdrawDelayNotElapsed"):
+            with pytest.raises(channels.sdk.ChainError, match="WithdrawDelayNotElapsed"):
                 await client.finalize_withdraw()
             evm_increase_time(node, 901)
             done = await client.finalize_withdraw()

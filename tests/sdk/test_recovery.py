@@ -18,7 +18,7 @@ import pytest
 
 import channels
 from channels import PaymentClient
-from channels.client import PaymentRefused, RecoveryRefused, read_onchain
+from channels.sdk.client import PaymentRefused, RecoveryRefused, read_onchain
 from contracts import DEV_KEYS
 from tests.sdk.gateway_thread import PRICE
 from tests.sdk.proxies import RewritingProxy
@@ -178,11 +178,11 @@ async def test_forged_corrective_states_are_refused(paid_gateway, cat_jpeg, tmp_
 def test_adopt_checks_the_proof_without_a_server(tmp_path) -> None:
     """`Payer.adopt` alone: its own voucher is adopted (never below totalClaimed); another
     key's voucher, a charge above the signed maximum, or another channel are refused."""
-    from channels.wire import (
+    from channels.protocol.wire import (
         BatchExtra, ChannelStateSnapshot, PaymentRequirements, VoucherStateSnapshot,
     )
 
-    settlement = channels.CANONICAL_SETTLEMENT_ADDRESS
+    settlement = channels.protocol.CANONICAL_SETTLEMENT_ADDRESS
     provider = channels.Signer(DEV_KEYS[0]).address_bytes
     offer = PaymentRequirements("eip155:31337", b"\x05" * 20, PRICE, provider, 60,
                                 BatchExtra(provider, 900, "USDC", "2"))
@@ -218,7 +218,7 @@ def test_a_charge_inside_an_adopted_total_is_not_counted_twice(tmp_path) -> None
     server's total, which may already hold one of them (committed, answer still on its way,
     e.g. a replay after a crash). Settling that one later must not add it again, or the
     payer halts the channel ("server reports cumulative N, below the N+1 it charged")."""
-    from tests.channels.test_payer import (
+    from tests.sdk.test_payer import (
         PAYER_KEY, PRICE as P, answer, corrective, offer as offer_fixture,
     )
 

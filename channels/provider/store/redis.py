@@ -1,0 +1,328 @@
+"""Redis store: one ledger shared by N gateway processes (and Redis Cluster ready).
+
+ONE source of rules. Each transition loads the channel, runs the pure Python transition from
+`channels.protocol.ledger`, and writes the new state with ONE Lua script that compares-and-sets a version
+field (and, in the same atomic step, the Idempotency-Key record). On a conflict the script
+returns the current state and the transition re-runs on it. Why not the rules in Lua: a second
+implementation of money rules would have to be kept equal to the first forever (and Lua 5.1
+numbers are doubles, exact only to 2**53, while amounts are uint128); CAS keeps the rules in
+one place by construction, at the price of a retry under contention on one channel, which the
+4-process test exercises. Each process caches the last (version, state) it saw per channel and
+runs one transition per channel at a time, so the usual transition is ONE round trip (the
+EVALSHA); a stale cache costs a conflict + retry. Fairness: optimistic retries starve the loser
+(the winner's cache is always fresh), so after `turn_after` conflicts in a row a store takes the
+channel's "turn" key inside the CAS script; while another store holds the turn every other CAS
+on that channel fails, so the starving one gets through (the turn expires after
+`turn_ttl_ms` if its holder dies).
+
+Keys (all keys of one channel share the hash tag {<channel id hex>}, so each script touches
+one slot and runs unchanged on Redis Cluster):
+
+    <prefix>:<chain_id>:<contract>:ch:{<cid>}            hash  v=version, s=state JSON
+    <prefix>:<chain_id>:<contract>:idem:{<cid>}:<key>    string, idempotency record (PX ttl)
+    <prefix>:<chain_id>:<contract>:turn:{<cid>}          string, the fairness turn (PX ttl)
+    <prefix>:<chain_id>:<contract>:channels              set of channel ids (listing)
+    <prefix>:<chain_id>:<contract>:kv:<namespace>        hash, the generic key/value
+
+Durability is Redis's: with `appendonly yes` + `appendfsync always` a commit is on disk when it
+returns, like SQLite's; the default `everysec` may lose the last second on a power loss.
+
+    >>> store = await RedisStore.open("redis://127.0.0.1:6379/0?prefix=paychan",
+    ...                               chain_id=8453, contract=settlement)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+
+from ...protocol.ledger import ChannelState, LedgerError, LedgerPolicy
+from ._codec import IdempotencyRecord, decode_idem, decode_state, encode_idem, encode_state
+from .base import Store, T, Transition, _IdemOp
+
+__all__ = ["ChannelContended", "RedisStore"]
+
+# KEYS[1] state hash, KEYS[2] the channel's turn key (fairness), KEYS[3] idempotency key (optional)
+# ARGV[1] expected version ('' = do not touch the state), ARGV[2] new state JSON,
+# ARGV[3] idem op ('' | 'set' | 'drop'), ARGV[4] record JSON, ARGV[5] ttl ms, ARGV[6] request id,
+# ARGV[7] this store's token, ARGV[8] '1' = take the turn on conflict, ARGV[9] turn ttl ms
+_CAS = """
+if ARGV[1] ~= '' then
+  local v = redis.call('HGET', KEYS[1], 'v') or '0'
+  local turn = redis.call('GET', KEYS[2])
+  if v ~= ARGV[1] or (turn and turn ~= ARGV[7]) then
+    if ARGV[8] == '1' and not turn then redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[9]) end
+    return {0, v, redis.call('HGET', KEYS[1], 's') or ''}
+  end
+  if turn then redis.call('DEL', KEYS[2]) end
+  v = tostring(tonumber(v) + 1)
+  redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[2])
+end
+if ARGV[3] == 'set' then
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+elseif ARGV[3] == 'drop' then
+  local cur = redis.call('GET', KEYS[3])
+  if cur then
+    local rec = cjson.decode(cur)
+    if rec.b == cjson.null and rec.r == ARGV[6] then redis.call('DEL', KEYS[3]) end
+  end
+end
+return {1, redis.call('HGET', KEYS[1], 'v') or '0'}
+"""
+
+# KEYS[1] idem key; ARGV[1] new pending record, ARGV[2] now, ARGV[3] pending timeout s, ARGV[4] ttl ms
+_BEGIN = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local rec = cjson.decode(cur)
+  if rec.b ~= cjson.null or (tonumber(ARGV[2]) - rec.t) < tonumber(ARGV[3]) then return cur end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+return false
+"""
+
+# KEYS[1] kv hash; ARGV[1] field, ARGV[2] expected ('' with ARGV[3]=='0': absent), ARGV[4] value,
+# ARGV[5] '1' = delete
+_KV_CAS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+if ARGV[5] == '1' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[4]) end
+return 1
+"""
+
+
+class ChannelContended(RuntimeError):
+    """A transition kept losing the compare-and-set for `contention_timeout_s`."""
+
+
+def split_redis_url(url: str) -> tuple[str, str]:
+    """`redis://h:p/db?prefix=x` -> (url without prefix, prefix; default "paychan")."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), "paychan")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisStore(Store):
+    """The shared, multi-process store (see the module doc)."""
+
+    contention_timeout_s = 5.0  # give up (ChannelContended) after losing the CAS this long
+    turn_after = 2  # conflicts in a row before this store claims the channel's turn
+    turn_ttl_ms = 250  # a crashed turn holder blocks the channel at most this long
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        chain_id: int,
+        contract: str,
+        prefix: str = "paychan",
+        policy: LedgerPolicy | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.contract = contract.lower()
+        self.policy = policy or LedgerPolicy()
+        self.prefix = prefix
+        self._r = client
+        self._base = f"{prefix}:{chain_id}:{self.contract}"
+        self._cas = client.register_script(_CAS)
+        self._begin = client.register_script(_BEGIN)
+        self._kvcas = client.register_script(_KV_CAS)
+        self._cache: dict[bytes, tuple[int, ChannelState | None]] = {}
+        # one transition per channel at a time IN this process: tasks of one process never
+        # conflict with each other, only with other processes
+        self._locks: dict[bytes, asyncio.Lock] = {}
+        self.conflicts = 0  # CAS retries so far (contention figure)
+        self._token = uuid.uuid4().hex
+
+    @classmethod
+    async def open(
+        cls, url: str, *, chain_id: int, contract: str, policy: LedgerPolicy | None = None
+    ) -> RedisStore:
+        """Connect (`redis://host:port/db?prefix=...`) and check the server answers."""
+        bare, prefix = split_redis_url(url)
+        client = aioredis.Redis.from_url(bare, decode_responses=False)
+        await client.ping()
+        return cls(client, chain_id=chain_id, contract=contract, prefix=prefix, policy=policy)
+
+    # keys ------------------------------------------------------------------------------------
+
+    def _state_key(self, cid: bytes) -> str:
+        return f"{self._base}:ch:{{{cid.hex()}}}"
+
+    def _turn_key(self, cid: bytes) -> str:
+        return f"{self._base}:turn:{{{cid.hex()}}}"
+
+    def _idem_key(self, cid: bytes, key: str) -> str:
+        return f"{self._base}:idem:{{{cid.hex()}}}:{key}"
+
+    @property
+    def _index_key(self) -> str:
+        return f"{self._base}:channels"
+
+    def _kv_key(self, namespace: str) -> str:
+        return f"{self._base}:kv:{namespace}"
+
+    # transitions -----------------------------------------------------------------------------
+
+    async def _read(self, cid: bytes) -> tuple[int, ChannelState | None]:
+        v, s = await self._r.hmget(self._state_key(cid), ["v", "s"])
+        got = (int(v or 0), decode_state(s) if s else None)
+        self._cache[cid] = got
+        return got
+
+    async def _transact(
+        self, channel_id: bytes, fn: Transition[T], *, idem: _IdemOp | None = None, durable: bool,
+        decided: Callable[[T], object] | None = None,
+    ) -> T:
+        lock = self._locks.get(channel_id)
+        if lock is None:
+            lock = self._locks[channel_id] = asyncio.Lock()
+        async with lock:
+            result = await self._transact_locked(channel_id, fn, idem)
+        if decided is not None:  # Redis answered: the result is final and already durable
+            decided(result)
+        return result
+
+    async def _transact_locked(
+        self, channel_id: bytes, fn: Transition[T], idem: _IdemOp | None
+    ) -> T:
+        cached = self._cache.get(channel_id)
+        fresh = cached is None
+        if cached is None:
+            cached = await self._read(channel_id)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.contention_timeout_s
+        conflicts = 0
+        while True:
+            ver, state = cached
+            try:
+                new, result = fn(state)
+            except LedgerError:
+                if fresh:
+                    raise
+                cached, fresh = await self._read(channel_id), True  # maybe only our cache was stale
+                continue
+            unchanged = new is None or new is state
+            if unchanged and idem is None:
+                if fresh:
+                    return result
+                cached, fresh = await self._read(channel_id), True
+                if cached[0] == ver:
+                    return result
+                continue
+            keys = [self._state_key(channel_id), self._turn_key(channel_id)]
+            body = encode_state(new) if new is not None and not unchanged else b""
+            args: list[Any] = ["" if unchanged else str(ver), body]
+            if idem is not None:
+                keys.append(self._idem_key(channel_id, idem.key))
+                rec = encode_idem(idem.record) if idem.record is not None else b""
+                args += [idem.kind, rec, int(self.idempotency_ttl_s * 1000), idem.request_id]
+            else:
+                args += ["", b"", 0, ""]
+            args += [self._token, "1" if conflicts >= self.turn_after else "0", self.turn_ttl_ms]
+            if ver == 0 and not unchanged:
+                await self._r.sadd(self._index_key, channel_id.hex())
+            got = await self._cas(keys=keys, args=args)
+            if got[0] == 1:
+                if not unchanged:
+                    self._cache[channel_id] = (int(got[1]), new)
+                return result
+            self.conflicts += 1
+            conflicts += 1
+            cached, fresh = (int(got[1]), decode_state(got[2]) if got[2] else None), True
+            self._cache[channel_id] = cached
+            if loop.time() > give_up:
+                raise ChannelContended(
+                    f"channel 0x{channel_id.hex()}: lost the compare-and-set {conflicts} times in "
+                    f"{self.contention_timeout_s} s; retry later"
+                )
+            if conflicts > self.turn_after:  # another store holds the turn: let it through
+                await asyncio.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** min(conflicts, 6))))
+
+    # reads -------------------------------------------------------------------------------------
+
+    async def get(self, channel_id: bytes) -> ChannelState | None:
+        s = await self._r.hget(self._state_key(channel_id), "s")
+        return decode_state(s) if s else None
+
+    async def channels(self) -> list[ChannelState]:
+        ids = sorted(await self._r.smembers(self._index_key))
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for h in ids:
+            pipe.hget(self._state_key(bytes.fromhex(h.decode())), "s")
+        return [decode_state(s) for s in await pipe.execute() if s]
+
+    # idempotency -------------------------------------------------------------------------------
+
+    async def begin_idempotent(
+        self, channel_id: bytes, key: str, request_id: str, now: float, *, digest: str = ""
+    ) -> IdempotencyRecord | None:
+        rec = encode_idem(IdempotencyRecord(request_id, now, None, digest))
+        got = await self._begin(
+            keys=[self._idem_key(channel_id, key)],
+            args=[
+                rec,
+                repr(now),
+                repr(self.policy.reservation_timeout_s),
+                int(self.idempotency_ttl_s * 1000),
+            ],
+        )
+        return decode_idem(got) if got else None
+
+    async def get_idempotent(self, channel_id: bytes, key: str) -> IdempotencyRecord | None:
+        raw = await self._r.get(self._idem_key(channel_id, key))
+        return decode_idem(raw) if raw else None
+
+    # key/value ---------------------------------------------------------------------------------
+
+    async def kv_get(self, namespace: str, key: str) -> bytes | None:
+        return await self._r.hget(self._kv_key(namespace), key)
+
+    async def kv_put(self, namespace: str, key: str, value: bytes) -> None:
+        await self._r.hset(self._kv_key(namespace), key, value)
+
+    async def kv_cas(
+        self, namespace: str, key: str, expected: bytes | None, value: bytes | None
+    ) -> bool:
+        args = [
+            key,
+            expected or b"",
+            "0" if expected is None else "1",
+            value or b"",
+            "1" if value is None else "0",
+        ]
+        return bool(await self._kvcas(keys=[self._kv_key(namespace)], args=args))
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self._r.hdel(self._kv_key(namespace), key)
+
+    async def kv_items(self, namespace: str) -> dict[str, bytes]:
+        raw = await self._r.hgetall(self._kv_key(namespace))
+        return {k.decode(): v for k, v in raw.items()}
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def drop_namespace(self) -> int:
+        """Delete every key of this (prefix, chain, contract) namespace (tests, resets)."""
+        n = 0
+        async for k in self._r.scan_iter(match=f"{self._base}:*", count=500):
+            n += await self._r.delete(k)
+        self._cache.clear()
+        return n
+
+    async def close(self) -> None:
+        await self._r.aclose()
