@@ -39,6 +39,10 @@ from .verify import (
     verify_voucher,
 )
 from .wire import (
+    IDEMPOTENCY_KEY,
+    PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE,
+    PAYMENT_SIGNATURE,
     BatchExtra,
     ChannelConfig,
     ChannelStateSnapshot,
@@ -67,6 +71,15 @@ from .wire import (
     parse_payment_signature,
 )
 from .ledger import (
+    ChainFact,
+    Claimed,
+    Deposited,
+    PendingSpend,
+    Refunded,
+    Synced,
+    WithdrawFinalized,
+    WithdrawInitiated,
+    apply_fact,
     AcceptInput,
     ChannelState,
     Charge,
@@ -78,6 +91,19 @@ from .ledger import (
 from .spending import RefundPlan
 
 __all__ = [
+    "ChainFact",
+    "Claimed",
+    "Deposited",
+    "PendingSpend",
+    "Refunded",
+    "Synced",
+    "WithdrawFinalized",
+    "WithdrawInitiated",
+    "apply_fact",
+    "IDEMPOTENCY_KEY",
+    "PAYMENT_REQUIRED",
+    "PAYMENT_RESPONSE",
+    "PAYMENT_SIGNATURE",
     "AcceptInput",
     "BatchExtra",
     "CANONICAL_ERC3009_COLLECTOR_ADDRESS",

@@ -64,6 +64,12 @@ _U128 = 1 << 128
 _U256 = 1 << 256
 _C = ErrorCode
 
+# The x402 v2 HTTP header names: the one place they are spelled (gateway and SDK import them).
+PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
+PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
+PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
 
 # --- strict field readers (code = the error code of the object being parsed) --------------
 
@@ -928,7 +934,7 @@ class SettleResponse:
 
 def parse_payment_signature(header: str | bytes) -> PaymentPayload:
     """Decode and strictly validate the `PAYMENT-SIGNATURE` header (raises PaymentError)."""
-    return PaymentPayload.from_json(_b64_json(header, "PAYMENT-SIGNATURE"))
+    return PaymentPayload.from_json(_b64_json(header, PAYMENT_SIGNATURE))
 
 
 def encode_payment_signature(payment: PaymentPayload) -> str:
@@ -938,7 +944,7 @@ def encode_payment_signature(payment: PaymentPayload) -> str:
 
 def parse_payment_required(header: str | bytes) -> PaymentRequired:
     """Decode the `PAYMENT-REQUIRED` header (a 402 body: `PaymentRequired.from_json`)."""
-    return PaymentRequired.from_json(_b64_json(header, "PAYMENT-REQUIRED"))
+    return PaymentRequired.from_json(_b64_json(header, PAYMENT_REQUIRED))
 
 
 def encode_payment_required(required: PaymentRequired) -> str:
@@ -948,7 +954,7 @@ def encode_payment_required(required: PaymentRequired) -> str:
 
 def parse_payment_response(header: str | bytes) -> SettleResponse:
     """Decode the `PAYMENT-RESPONSE` header of a paid answer."""
-    return SettleResponse.from_json(_b64_json(header, "PAYMENT-RESPONSE"))
+    return SettleResponse.from_json(_b64_json(header, PAYMENT_RESPONSE))
 
 
 def encode_payment_response(response: SettleResponse) -> str:
