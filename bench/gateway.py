@@ -168,11 +168,12 @@ def payment_path_breakdown(n: int = 600, rounds: int = 5) -> dict:
     import asyncio
 
     import channels
-    from channels.protocol.ledger import AcceptInput, Synced
+    from channels.protocol import AcceptInput, Synced
     from channels.provider.store import open_store
     from coincurve import PublicKey
     from contracts import DEV_KEYS
-    from gateway.payments import Hold, PaymentGate
+    from gateway.paid_answers import PaymentResponder
+    from gateway.payments import Hold
     from gateway.receipts import ReceiptSigner
     from gateway.terms import Terms
 
@@ -194,9 +195,8 @@ def payment_path_breakdown(n: int = 600, rounds: int = 5) -> dict:
             channels.protocol.PaymentPayload(reqs, channels.protocol.VoucherPayload(config, voucher))))
     terms.parse(headers[0], 1)  # the first payment of a channel takes the strict path
     body, answer = jpeg_body(), b'{"model":{},"results":[{"predictions":[]}]}'
-    gate = PaymentGate.__new__(PaymentGate)
-    gate.receipts = ReceiptSigner(provider, chain_id=31337, settlement=settlement, max_batch=64)
-    gate._network, gate._payer_json = "eip155:31337", {}
+    receipts = ReceiptSigner(provider, chain_id=31337, settlement=settlement, max_batch=64)
+    responder = PaymentResponder("eip155:31337")
     sig = payer._key.sign_recoverable(cid, hasher=None)
 
     async def run() -> dict:
@@ -217,14 +217,14 @@ def payment_path_breakdown(n: int = 600, rounds: int = 5) -> dict:
             ledger = (time.perf_counter() - t) / n
             t = time.perf_counter()
             for p, charge in zip(parsed, charges):
-                gate._payment_response(Hold(p, 1000, "x"), charge, gate.receipts.sign(
+                responder.header(Hold(p, 1000, "x"), charge, receipts.sign(
                     p.channel_id, body, answer, bytes(32), 1000, charge.cumulative))
             alone = (time.perf_counter() - t) / n
 
             async def one(p, charge) -> None:
-                receipt = await gate.receipts.sign_batched(p.channel_id, body, answer, bytes(32), 1000,
+                receipt = await receipts.sign_batched(p.channel_id, body, answer, bytes(32), 1000,
                                                            charge.cumulative)
-                gate._payment_response(Hold(p, 1000, "x"), charge, receipt)
+                responder.header(Hold(p, 1000, "x"), charge, receipt)
 
             t = time.perf_counter()
             for k in range(0, n, 32):

@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eth_typing import HexStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import channels
-from channels.provider.chain import ChainClient, TxPolicy
-from channels.provider.facilitator import Facilitator
-from channels.protocol.ledger import AcceptInput
-from channels.provider.settler import Settler, SettlerPolicy
-from channels.provider.txjournal import TxJournal
+from channels.protocol import AcceptInput
+from channels.provider import ProviderConfig, SettlerPolicy, TxPolicy, open_provider
 from contracts import DEV_KEYS, Anvil, send_transaction
 from _machine import cpu_model  # bench/ is on sys.path when a script runs
 
@@ -70,22 +68,24 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
     try:
         w3 = AsyncWeb3(AsyncHTTPProvider(node.url, request_kwargs={"timeout": 30}))
         d = node.deployment
-        store = await channels.provider.open_store(
-            f"sqlite:///{tmp / 'ledger.sqlite3'}", chain_id=d.chain_id, contract=d.settlement
-        )
-        chain = ChainClient(
+        token = d.token
+        assert token is not None, "anvil's deployment always has the test token"
+        wired = await open_provider(
             w3,
-            PROVIDER_KEY,
-            journal=TxJournal(store),
-            settlement=d.settlement,
-            collector=d.collector,
-            policy=TxPolicy(poll_s=0.02),
+            ProviderConfig(
+                key=PROVIDER_KEY,
+                store=f"sqlite:///{tmp / 'ledger.sqlite3'}",
+                token=token,
+                settlement=d.settlement,
+                collector=d.collector,
+                tx_policy=TxPolicy(poll_s=0.02),
+                settler_policy=SettlerPolicy(claim_threshold=PRICE),
+            ),
         )
-        provider = channels.Signer(PROVIDER_KEY)
-        fac = Facilitator(chain, store, authorizer=provider)
+        store, chain, fac, provider = wired.store, wired.chain, wired.facilitator, wired.signer
         reqs = channels.PaymentRequirements(
             f"eip155:{d.chain_id}",
-            channels.protocol.to_address(d.token),
+            channels.protocol.to_address(token),
             PRICE,
             provider.address_bytes,
             60,
@@ -141,17 +141,9 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
         charged = sum(s.charged for s in await store.channels())
         assert charged == requests * PRICE, (charged, requests)
 
-        before = await chain.token_balance(d.token, provider.address)
-        settler = Settler(
-            chain,
-            store,
-            authorizer=provider,
-            receiver=provider.address,
-            token=d.token,
-            policy=SettlerPolicy(claim_threshold=PRICE),
-        )
-        report = await settler.run_once()
-        received = await chain.token_balance(d.token, provider.address) - before
+        before = await chain.token_balance(token, provider.address)
+        report = await wired.settler.run_once()
+        received = await chain.token_balance(token, provider.address) - before
         assert received == charged == report.claimed == report.settled
 
         # Baseline: what one on-chain ERC-20 transfer per request would cost instead.
@@ -162,11 +154,11 @@ async def run(n_channels: int, per_channel: int) -> dict[str, Any]:
             + PRICE.to_bytes(32, "big").hex()
         )
         transfer_receipt = await send_transaction(
-            w3, PAYER_KEYS[0], {"to": d.token, "data": transfer}, what="transfer"
+            w3, PAYER_KEYS[0], {"to": token, "data": HexStr(transfer)}, what="transfer"
         )
         claim_gas = [r.gas_used for r in report.claims]
         settle_gas = report.settle.gas_used if report.settle else 0
-        await store.close()
+        await wired.close()
         for p in payers:
             p.close()
         return {

@@ -52,7 +52,7 @@ import channels
 from channels.protocol import eip712
 from channels.protocol import verify as verify_module
 from channels.sdk.payer import Payer
-from channels.protocol.wire import (
+from channels.protocol import (
     BatchExtra,
     ChannelStateSnapshot,
     PaymentRequirements,
@@ -133,7 +133,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 async def _store_round_trips(url: str, sequential: int, channels_n: int, per_channel: int) -> dict:
     """accept + commit through one store: one channel in sequence, then many channels at once."""
-    from channels.protocol.ledger import AcceptInput, Rejection, Synced
+    from channels.protocol import AcceptInput, Rejection, Synced
     from channels.provider.store import open_store
 
     payer = channels.Signer(PAYER_KEY)

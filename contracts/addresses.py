@@ -8,7 +8,8 @@ used on the embedded chain and by ``paychan devnet``.
 
 from __future__ import annotations
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 CANONICAL_SETTLEMENT = to_checksum_address("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003")
 CANONICAL_COLLECTOR = to_checksum_address("0x4020806089470a89826cB9fB1f4059150b550004")

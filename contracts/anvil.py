@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
@@ -49,13 +49,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rpc(url: str, method: str, params: list[object]) -> dict[str, object]:
+def _rpc(url: str, method: str, params: list[object]) -> dict[str, Any]:
     import json
 
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
 
 
 class Anvil:
@@ -78,14 +79,14 @@ class Anvil:
         self.block_time = block_time
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
-        self._w3: AsyncWeb3 | None = None
+        self._w3: AsyncWeb3[Any] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def w3(self) -> AsyncWeb3:
+    def w3(self) -> AsyncWeb3[Any]:
         """An AsyncWeb3 over HTTP to this node (one per Anvil object; bound to the running event loop lazily)."""
         if self._w3 is None:
             self._w3 = AsyncWeb3(AsyncHTTPProvider(self.url))

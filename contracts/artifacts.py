@@ -17,7 +17,8 @@ def _load(name: str) -> dict[str, Any]:
     path = BUILD_DIR / ("testing" if name in TESTING_NAMES else "") / f"{name}.json"
     if name not in CONTRACT_NAMES + TESTING_NAMES or not path.exists():
         raise KeyError(f"unknown contract {name!r}: pick one of {', '.join(CONTRACT_NAMES)}")
-    return json.loads(path.read_text())
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
 
 
 def artifact(name: str) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from eth_account import Account
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 
 from contracts.addresses import (
@@ -24,10 +26,10 @@ class Deployment:
     """Where the contracts live on one chain. ``token`` is None when no test token was deployed."""
 
     chain_id: int
-    settlement: str
-    collector: str
-    token: str | None
-    registry: str
+    settlement: ChecksumAddress
+    collector: ChecksumAddress
+    token: ChecksumAddress | None
+    registry: ChecksumAddress
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -37,7 +39,7 @@ class NotADevChain(RuntimeError):
     """Canonical placement needs anvil's anvil_setCode / anvil_setStorageAt."""
 
 
-async def place(w3: AsyncWeb3, contracts: list[PlacedContract]) -> None:
+async def place(w3: AsyncWeb3[Any], contracts: list[PlacedContract]) -> None:
     """Write code and storage at fixed addresses with anvil_setCode / anvil_setStorageAt (dev chains only)."""
     for c in contracts:
         resp = await w3.provider.make_request("anvil_setCode", [c.address, "0x" + c.code.hex()])
@@ -52,7 +54,7 @@ async def place(w3: AsyncWeb3, contracts: list[PlacedContract]) -> None:
             )
 
 
-async def deploy(w3: AsyncWeb3, key: str, *, canonical: bool = False, test_token: bool = False) -> Deployment:
+async def deploy(w3: AsyncWeb3[Any], key: str, *, canonical: bool = False, test_token: bool = False) -> Deployment:
     """Deploy BatchSettlement, its ERC-3009 collector, the ModelRegistry (owner: the key) and optionally TestUSDC.
 
     ``canonical=True`` places the settlement and collector at the x402 canonical addresses (and the
@@ -65,7 +67,7 @@ async def deploy(w3: AsyncWeb3, key: str, *, canonical: bool = False, test_token
     """
     chain_id = await w3.eth.chain_id
     owner = Account.from_key(key).address
-    token: str | None = None
+    token: ChecksumAddress | None = None
     if canonical:
         placed = [
             PlacedContract(CANONICAL_SETTLEMENT, runtime_code("BatchSettlement")),

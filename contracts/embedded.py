@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from eth_tester import EthereumTester, PyEVMBackend
-from eth_utils import to_canonical_address
+from eth_utils.address import to_canonical_address
 from web3 import AsyncWeb3
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
 
@@ -25,7 +26,7 @@ from contracts.devstate import dev_accounts, dev_contracts
 class EmbeddedChain:
     """A running in-process chain: ``w3`` (AsyncWeb3), ``deployment``, and time control."""
 
-    w3: AsyncWeb3
+    w3: AsyncWeb3[Any]
     deployment: Deployment
     tester: EthereumTester
 

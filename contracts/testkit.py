@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.types import TxReceipt
 
@@ -75,7 +77,7 @@ class Channel:
 class SettlementKit:
     """Builds and sends the settlement's calls for one Deployment."""
 
-    def __init__(self, w3: AsyncWeb3, deployment: Deployment, *, chain_id: int | None = None) -> None:
+    def __init__(self, w3: AsyncWeb3[Any], deployment: Deployment, *, chain_id: int | None = None) -> None:
         self.w3 = w3
         self.deployment = deployment
         self.chain_id = chain_id if chain_id is not None else deployment.chain_id
@@ -113,8 +115,11 @@ class SettlementKit:
                 salt: bytes | None = None, token: str | None = None) -> Channel:
         payer = Account.from_key(payer_key).address
         pa = Account.from_key(payer_authorizer_key).address if payer_authorizer_key else ZERO_ADDRESS
+        token = token or self.deployment.token
+        if token is None:
+            raise ValueError("channel: pass token=, this deployment has no test token")
         config = (payer, pa, to_checksum_address(receiver), to_checksum_address(receiver_authorizer),
-                  token or self.deployment.token, withdraw_delay, salt if salt is not None else os.urandom(32))
+                  token, withdraw_delay, salt if salt is not None else os.urandom(32))
         return Channel(config, self.channel_id(config), payer_key, payer_authorizer_key or payer_key)
 
     def voucher_claim(self, ch: Channel, max_claimable: int, total_claimed: int, *,
@@ -139,13 +144,13 @@ class SettlementKit:
     # ---- transactions
 
     async def send(self, key: str, fn: str, args: list[Any], *, gas: int | None = None,
-                   to: str | None = None) -> TxReceipt:
+                   to: ChecksumAddress | None = None) -> TxReceipt:
         contract = self.settlement if to is None else self.w3.eth.contract(address=to, abi=artifact("TestUSDC")["abi"])
         data = contract.encode_abi(fn, args)
         return await send_transaction(self.w3, key, {"to": contract.address, "data": data}, what=fn, gas=gas)
 
     async def deposit(self, sender_key: str, ch: Channel, amount: int, *, gas: int | None = None,
-                      collector_data: bytes | None = None, collector: str | None = None) -> TxReceipt:
+                      collector_data: bytes | None = None, collector: ChecksumAddress | None = None) -> TxReceipt:
         data = collector_data if collector_data is not None else self.collector_data(ch, amount)
         return await self.send(sender_key, "deposit",
                                [ch.config, amount, collector or self.deployment.collector, data], gas=gas)
@@ -156,7 +161,8 @@ class SettlementKit:
         return await self.send(sender_key, "claimWithSignature", [rows, sig], gas=gas)
 
     async def channel_state(self, ch: Channel) -> tuple[int, int]:
-        return tuple(await self.settlement.functions.channels(ch.id).call())  # type: ignore[return-value]
+        balance, total_claimed = await self.settlement.functions.channels(ch.id).call()
+        return int(balance), int(total_claimed)
 
     async def token_balance(self, address: str) -> int:
         assert self.token is not None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from eth_account import Account
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
-from web3.types import TxReceipt
+from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 
 class TransactionFailed(RuntimeError):
@@ -18,7 +19,7 @@ class TransactionFailed(RuntimeError):
 
 
 async def send_transaction(
-    w3: AsyncWeb3, key: str, tx: dict[str, Any], *, what: str = "transaction", gas: int | None = None
+    w3: AsyncWeb3[Any], key: str, tx: TxParams, *, what: str = "transaction", gas: int | None = None
 ) -> TxReceipt:
     """Sign ``tx`` with ``key``, send it, wait for the receipt; raise TransactionFailed on revert.
 
@@ -27,8 +28,8 @@ async def send_transaction(
         receipt = await send_transaction(w3, key, {"to": token, "data": calldata}, what="mint")
     """
     account = Account.from_key(key)
-    tx = {"from": account.address, "value": 0, **tx}
-    tx.setdefault("nonce", await w3.eth.get_transaction_count(account.address, "pending"))
+    tx = {"from": account.address, "value": Wei(0), **tx}
+    tx.setdefault("nonce", Nonce(await w3.eth.get_transaction_count(account.address, "pending")))
     tx.setdefault("chainId", await w3.eth.chain_id)
     if gas is not None:
         tx["gas"] = gas
@@ -37,8 +38,8 @@ async def send_transaction(
     if "gasPrice" not in tx and "maxFeePerGas" not in tx:
         block = await w3.eth.get_block("latest")
         base = int(block.get("baseFeePerGas", 0) or 0)
-        tx["maxPriorityFeePerGas"] = 1
-        tx["maxFeePerGas"] = 2 * base + 1
+        tx["maxPriorityFeePerGas"] = Wei(1)
+        tx["maxFeePerGas"] = Wei(2 * base + 1)
     signed = account.sign_transaction(tx)
     tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
@@ -47,7 +48,7 @@ async def send_transaction(
     return receipt
 
 
-async def deploy_contract(w3: AsyncWeb3, key: str, name: str, *args: Any) -> str:
+async def deploy_contract(w3: AsyncWeb3[Any], key: str, name: str, *args: Any) -> ChecksumAddress:
     """CREATE-deploy artifact ``name`` with constructor ``args``; returns the checksum address."""
     from contracts.artifacts import artifact
 
@@ -55,4 +56,7 @@ async def deploy_contract(w3: AsyncWeb3, key: str, name: str, *args: Any) -> str
     factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
     data = factory.constructor(*args).data_in_transaction
     receipt = await send_transaction(w3, key, {"data": data}, what=f"deploy {name}")
-    return receipt["contractAddress"]
+    address = receipt["contractAddress"]
+    if address is None:  # a mined CREATE always has one; None would mean a node bug
+        raise TransactionFailed(f"deploy {name} (no contract address)", receipt)
+    return address

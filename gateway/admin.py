@@ -26,13 +26,19 @@ import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.errors import api_error, json_response
 from gateway.keys import CONFIG, PAYMENTS, STATE
+
+if TYPE_CHECKING:
+    from gateway.payments import PaymentGate  # web3: loaded with the gate, not here
+
+# A settle round's answer: gate.settle_now() plus what `paychan settle --json` also reports.
+_Round = dict[str, Any]
 
 __all__ = ["ADMIN_TASKS", "ADMIN_TOKEN_DIGEST", "enable_admin", "routes"]
 
@@ -45,7 +51,7 @@ routes = web.RouteTableDef()
 ADMIN_TOKEN_DIGEST = web.AppKey("admin_token_digest", bytes)
 # Settle rounds started by the route: a dropped connection does not stop one (it would be cut
 # between sending a claim and seeing it mined), and shutdown waits for them.
-ADMIN_TASKS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("admin_tasks")
+ADMIN_TASKS: web.AppKey[set[asyncio.Task[_Round]]] = web.AppKey("admin_tasks")
 
 _REALM = 'Bearer realm="paychan-admin"'
 _TOKEN_HELP = ("send `Authorization: Bearer <token>` with the token the gateway was started "
@@ -94,12 +100,12 @@ async def settle(request: web.Request) -> web.Response:
     if app[STATE].draining:
         raise api_error(503, "shutting_down", "the gateway is draining; settle after it restarts",
                         retry_after=app[CONFIG].retry_after_s)
-    gate = app[PAYMENTS]
+    gate = app.get(PAYMENTS)  # absent on a free gateway
     if gate is None:
         raise api_error(409, "payment_disabled", "payment: this gateway serves for free "
                         "(--no-payment), so it has charged nothing to settle")
     log.info("admin: settle requested by %s", request.remote)
-    from channels.provider.chain import TxFailed, is_transport_error  # web3: loaded with the gate, not here
+    from channels.provider import TxFailed, is_transport_error  # web3: loaded with the gate, not here
 
     try:
         result = await _detached(app, _settle_round(gate))
@@ -114,7 +120,7 @@ async def settle(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def _settle_round(gate: Any) -> dict[str, Any]:
+async def _settle_round(gate: PaymentGate) -> _Round:
     """``gate.settle_now()`` plus what ``paychan settle --json`` also reports.
 
         result = await _settle_round(app[PAYMENTS])
@@ -134,8 +140,8 @@ async def _settle_round(gate: Any) -> dict[str, Any]:
 
 
 async def _detached(
-    app: web.Application, round_: Coroutine[Any, Any, dict[str, Any]]
-) -> dict[str, Any]:
+    app: web.Application, round_: Coroutine[Any, Any, _Round]
+) -> _Round:
     """Run ``round_`` as a task the request's cancellation does not reach; its result.
 
         result = await _detached(app, _settle_round(gate))
@@ -147,8 +153,8 @@ async def _detached(
     return await asyncio.shield(task)
 
 
-def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def done(task: asyncio.Task[Any]) -> None:
+def _forget(tasks: set[asyncio.Task[_Round]]) -> Callable[[asyncio.Task[_Round]], None]:
+    def done(task: asyncio.Task[_Round]) -> None:
         tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # Read here: a round whose caller hung up is still logged (never "not retrieved").

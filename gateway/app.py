@@ -7,7 +7,7 @@
 
 Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
 contexts, in order: the classifier, the payment gate (chain client, ledger store, in-process
-facilitator), then the chain sync (watcher + settler, ``channels.provider.settler.ChainSync``).
+facilitator), then the chain sync (watcher + settler, ``channels.provider.ChainSync``).
 Shutdown runs the other way round after aiohttp has stopped accepting connections and the
 in-flight paid requests have drained, so the last charges are committed before the store is
 flushed and closed. With ``config.facilitator`` the x402 facilitator endpoints are mounted
@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway import predictions
 from gateway.admin import enable_admin
@@ -50,18 +51,21 @@ from gateway.routes import routes
 from gateway.samples import SampleStore
 from gateway.x402 import x402_middleware
 
+if TYPE_CHECKING:
+    from inference import ImageClassifier
+
 __all__ = ["create_app"]
 
 
 def create_app(
     config: GatewayConfig,
     *,
-    classifier: Any | None = None,
-    chain: Any | None = None,
+    classifier: ImageClassifier | None = None,
+    chain: object | None = None,
 ) -> web.Application:
     """Build the gateway application for ``config``.
 
-    ``classifier`` (an ``inference.Classifier``) may be passed in to share one loaded model,
+    ``classifier`` (an ``inference.ImageClassifier``) may be passed in to share one loaded model,
     e.g. across tests. ``chain`` shares a chain *connection*: an ``AsyncWeb3``, or anything
     with a ``.w3`` AsyncWeb3 — ``contracts.EmbeddedChain`` (``paychan demo``) or a
     ``channels.provider.ChainClient``. Whichever is given, the gateway builds its own ``ChainClient``
@@ -96,9 +100,6 @@ def create_app(
     app.cleanup_ctx.append(_deadlines_ctx)
     app[SAMPLES] = SampleStore(config.samples_dir)
     app[SAMPLE_LIMITER] = RateLimiter(config.samples_per_minute)
-    app[STORE] = None
-    app[PAYMENTS] = None
-    app[SETTLER] = None
     app.add_routes(routes)
     app.cleanup_ctx.append(_classifier_ctx(classifier))
     if config.payment:
@@ -124,7 +125,10 @@ async def _deadlines_ctx(app: web.Application) -> AsyncIterator[None]:
         await sweep
 
 
-def _classifier_ctx(shared: Any | None):
+_CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _classifier_ctx(shared: ImageClassifier | None) -> _CleanupContext:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
         state.checks["model"] = False
@@ -144,7 +148,7 @@ def _classifier_ctx(shared: Any | None):
     return ctx
 
 
-def _payments_ctx(shared_chain: Any | None, facilitator: web.Application | None):
+def _payments_ctx(shared_chain: object | None, facilitator: web.Application | None) -> _CleanupContext:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from gateway.payments import PaymentGate
 
@@ -179,7 +183,7 @@ async def _drain(app: web.Application) -> None:
 
 
 @web.middleware
-async def _metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     counter = request.app[METRICS].requests

@@ -41,6 +41,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.config import GatewayConfig
 from gateway.errors import api_error
 from gateway.metrics import Counter
 
@@ -90,8 +91,8 @@ class ConnectionLimits:
     keepalive_timeout_s: float = 75.0  # idle between requests (aiohttp's own timer)
 
     @classmethod
-    def from_config(cls, config: Any) -> ConnectionLimits:
-        """The limits set on ``config`` (a ``GatewayConfig``)."""
+    def from_config(cls, config: GatewayConfig) -> ConnectionLimits:
+        """The limits set on ``config``."""
         return cls(
             header_timeout_s=config.header_timeout_s,
             body_idle_timeout_s=config.body_idle_timeout_s,

@@ -21,7 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the chain and the SDK load web3: inside run_demo at run time
+    from channels.sdk import PaymentClient
+    from contracts import EmbeddedChain
 
 __all__ = ["DEMO_PHOTOS", "DemoOptions", "run_demo"]
 
@@ -57,7 +61,8 @@ Report = Callable[[str], None]
 
 
 async def run_demo(
-    options: DemoOptions = DemoOptions(), report: Report = lambda _: None, *, chain: Any = None
+    options: DemoOptions = DemoOptions(), report: Report = lambda _: None, *,
+    chain: EmbeddedChain | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo; ``report`` receives one human line per step. Returns the summary.
 
@@ -75,10 +80,11 @@ async def run_demo(
 
 
 async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Report,
-               chain: Any) -> dict[str, Any]:
+               chain: EmbeddedChain | None) -> dict[str, Any]:
     from aiohttp import web
 
-    import channels
+    from channels.protocol import Signer
+    from channels.sdk import Payer, PaymentClient
     from contracts import DEV_KEYS, embedded_chain
     from gateway.app import create_app
     from gateway.config import GatewayConfig
@@ -88,8 +94,8 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
     started = time.monotonic()
     chain = chain or embedded_chain()
     dep = chain.deployment
-    provider = channels.Signer(DEV_KEYS[_PROVIDER]).address
-    payer_signer = channels.Signer(DEV_KEYS[_PAYER])
+    provider = Signer(DEV_KEYS[_PROVIDER]).address
+    payer_signer = Signer(DEV_KEYS[_PAYER])
     report(f"chain      embedded py-evm, chain id {await chain.w3.eth.chain_id}")
     report(f"contracts  settlement {dep.settlement} (canonical x402 address), token {dep.token}")
 
@@ -123,8 +129,8 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
         url = f"http://127.0.0.1:{port}/v1/classify?top_k={options.top_k}"
         report(f"gateway    http://127.0.0.1:{port} ({classifier.version.id}), price {_usdc(options.price)} per image")
         try:
-            payer = channels.Payer(payer_signer, work / "payer.sqlite3", deposit_amount=options.deposit)
-            async with channels.PaymentClient(payer) as client:
+            payer = Payer(payer_signer, work / "payer.sqlite3", deposit_amount=options.deposit)
+            async with PaymentClient(payer) as client:
                 results = await _classify_all(client, url, photos * options.rounds, options, report)
                 charged = sum(r["cost"] for r in results if r["status"] == 200)
                 report(f"client     {len(results)} requests, {sum(r['status'] == 200 for r in results)} "
@@ -173,7 +179,7 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
     return summary
 
 
-async def _classify_all(client: Any, url: str, images: list[Path], options: DemoOptions,
+async def _classify_all(client: PaymentClient, url: str, images: list[Path], options: DemoOptions,
                         report: Report) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(options.concurrency)
     # The first request opens the channel (the deposit); the rest ride it concurrently.
@@ -188,34 +194,37 @@ async def _classify_all(client: Any, url: str, images: list[Path], options: Demo
     return [first, *await asyncio.gather(*(one(p) for p in images[1:]))]
 
 
-async def _classify_one(client: Any, url: str, path: Path, report: Report) -> dict[str, Any]:
+async def _classify_one(client: PaymentClient, url: str, path: Path, report: Report) -> dict[str, Any]:
     answer = await client.post(url, data=path.read_bytes(), headers={"Content-Type": _mime(path)})
     row: dict[str, Any] = {"image": path.name, "status": answer.status, "cost": 0}
     if answer.status != 200:
         row["error"] = answer.body[:200].decode("utf-8", "replace")
         report(f"  {path.name:16s} HTTP {answer.status}: {row['error']}")
         return row
+    # A 200 on the paid route was paid: the client sent a payment and read its settlement.
+    assert answer.payment is not None, "a paid answer without the payment that bought it"
+    extra = answer.settlement.extra if answer.settlement else None
     body = answer.json()
     best = body["results"][0]["predictions"][0]
     row.update(
         label=best["label"],
         score=best["probability"],
         model=body["model"]["id"],
-        cost=int(answer.settlement.extra.charged_amount) if answer.settlement else 0,
+        cost=int(extra.charged_amount) if extra is not None and extra.charged_amount is not None else 0,
         channel_id="0x" + answer.payment.channel_id.hex(),
     )
     report(f"  {path.name:16s} {best['label']:24s} {best['probability']:6.1%}   cost {_usdc(row['cost'])}")
     return row
 
 
-async def _balance(chain: Any, address: str) -> int:
+async def _balance(chain: EmbeddedChain, address: str) -> int:
     from contracts import artifact
 
     token = chain.w3.eth.contract(address=chain.deployment.token, abi=artifact("TestUSDC")["abi"])
     return int(await token.functions.balanceOf(address).call())
 
 
-async def _channel_remaining(chain: Any, channel_id: str) -> int:
+async def _channel_remaining(chain: EmbeddedChain, channel_id: str) -> int:
     from contracts import artifact
 
     settlement = chain.w3.eth.contract(address=chain.deployment.settlement,

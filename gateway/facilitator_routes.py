@@ -1,6 +1,6 @@
 """The x402 facilitator endpoints for other x402 servers: POST /verify, POST /settle, GET /supported.
 
-A sub-application around `channels.provider.facilitator.Facilitator` (the same object the gateway uses
+A sub-application around `channels.provider.Facilitator` (the same object the gateway uses
 in-process); mount it under a prefix::
 
     app.add_subapp("/facilitator", facilitator_app(facilitator))
@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from channels.provider.facilitator import Facilitator
+from channels.provider import Facilitator, settle_json, supported_json, verify_json
 
 __all__ = ["FACILITATOR", "facilitator_app"]
 
@@ -61,17 +61,17 @@ def _facilitator(request: web.Request) -> Facilitator:
 
 async def verify(request: web.Request) -> web.Response:
     fac = _facilitator(request)
-    return web.json_response(await fac.verify_json(await _body(request)))
+    return web.json_response(await verify_json(fac, await _body(request)))
 
 
 async def settle(request: web.Request) -> web.Response:
     fac = _facilitator(request)
-    return web.json_response(await fac.settle_json(await _body(request)))
+    return web.json_response(await settle_json(fac, await _body(request)))
 
 
 async def supported(request: web.Request) -> web.Response:
     fac = _facilitator(request)
-    return web.json_response(fac.supported(await fac.chain.chain_id()))
+    return web.json_response(supported_json(fac, await fac.chain.chain_id()))
 
 
 def facilitator_app(facilitator: Facilitator | None = None) -> web.Application:

@@ -2,13 +2,17 @@
 
 Handlers read them as ``request.app[CLASSIFIER]``; the type checker knows each one's type.
 Resources that exist only while the app runs (store, chain, classifier) are set by the
-cleanup contexts in ``gateway.app``.
+cleanup contexts in ``gateway.app``; the payment ones (``PAYMENTS``, ``STORE``, ``SETTLER``)
+only on a gateway that takes payments, so code that runs either way reads them with
+``app.get(PAYMENTS)``::
+
+    gate = request.app.get(PAYMENTS)     # PaymentGate | None (None: --no-payment)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,13 +20,19 @@ from gateway.config import GatewayConfig
 from gateway.limits import Deadlines, InFlightCaps, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.samples import SampleStore
+from gateway.uploads import Upload
+
+if TYPE_CHECKING:
+    # Types only: these load torch / web3 (and gateway.payments imports this module).
+    from channels.provider import ChainSync, Store
+    from gateway.payments import PaymentGate
+    from inference import ImageClassifier
 
 __all__ = [
     "CAPS",
     "CLASSIFIER",
     "CONFIG",
     "DEADLINES",
-    "DEPOSIT",
     "METRICS",
     "MODEL_VERSION_HASH",
     "PAYMENTS",
@@ -56,15 +66,16 @@ CAPS = web.AppKey("caps", InFlightCaps)
 DEADLINES = web.AppKey("deadlines", Deadlines)
 SAMPLES = web.AppKey("samples", SampleStore)
 SAMPLE_LIMITER = web.AppKey("sample_limiter", RateLimiter)
-# Set by cleanup contexts; typed Any until the owning packages' types are imported lazily.
-CLASSIFIER: web.AppKey[Any] = web.AppKey("classifier")
-STORE: web.AppKey[Any] = web.AppKey("store")  # the ledger store (channels.provider.store)
-PAYMENTS: web.AppKey[Any] = web.AppKey("payments")  # gateway.payments.PaymentGate
-# The running channels.provider.settler.ChainSync (watcher + settler) when config.settler; else None.
-SETTLER: web.AppKey[Any] = web.AppKey("settler")
+# Set by cleanup contexts. Their types load torch or web3, so they are named in annotations
+# (never evaluated at run time) rather than passed to AppKey.
+CLASSIFIER: web.AppKey[ImageClassifier] = web.AppKey("classifier")
+# The payment gate, its ledger store and its chain sync: set only when config.payment
+# (SETTLER also needs config.settler), so absent on a free gateway.
+PAYMENTS: web.AppKey[PaymentGate] = web.AppKey("payments")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SETTLER: web.AppKey[ChainSync] = web.AppKey("settler")  # the watcher + settler loop
 
 # Per-request values handed from the pricer / payment gate to the handler and back.
-UPLOADS: web.RequestKey[list[Any]] = web.RequestKey("uploads")
+UPLOADS: web.RequestKey[list[Upload]] = web.RequestKey("uploads")
 TOP_K = web.RequestKey("top_k", int)
 MODEL_VERSION_HASH = web.RequestKey("model_version_hash", bytes)
-DEPOSIT: web.RequestKey[tuple[str, int]] = web.RequestKey("deposit")  # (tx hash, amount)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Deadlines", "InFlightCaps", "RateLimiter", "Rejection"]
@@ -75,7 +76,8 @@ class RateLimiter:
 
     __slots__ = ("_buckets", "_clock", "burst", "rate")
 
-    def __init__(self, rate_per_minute: float, burst: int | None = None, clock=time.monotonic) -> None:
+    def __init__(self, rate_per_minute: float, burst: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_per_minute / 60.0
         self.burst = float(burst if burst is not None else max(1, int(rate_per_minute // 6) or 1))
         self._buckets: dict[str, tuple[float, float]] = {}

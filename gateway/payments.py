@@ -21,14 +21,16 @@ not know (mirrored once from the chain).
 EIP-712 domain, opens the ledger store and builds the client, facilitator and chain sync;
 ``close()`` stops the sync and flushes and closes the store. ``settle_now()`` claims and
 settles everything charged, now.
+
+The gate's jobs live by module: its refusals in ``gateway.rejections``, refund serving in
+``gateway.refunds``, what a paid answer carries (``PAYMENT-RESPONSE``, replays) in
+``gateway.paid_answers``, channel and settlement reports in ``gateway.views``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import hashlib
 import itertools
 import json
 import logging
@@ -39,37 +41,48 @@ from typing import Any
 
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.logs import DISCARD
 
-from channels.provider.chain import ChainClient, TxPolicy, is_transport_error
-from channels.protocol.eip712 import checksum_address, to_address
-from channels.protocol.errors import ErrorCode, PaymentError
-from channels.provider.facilitator import Facilitator
-from channels.protocol.ledger import AcceptInput, LedgerPolicy, Rejection, UnknownReservation
-from channels.provider.settler import ChainSync, LocalLease, SettlementReport, SettlerPolicy, lease_for
-from channels.protocol.signing import Signer
-from channels.provider.txjournal import TxJournal
-from channels.protocol.verify import verify_deposit_authorization
-from channels.protocol.wire import DepositPayload, RefundPayload
+from channels.provider import (
+    ChainClient,
+    ChainSync,
+    Facilitator,
+    ProviderConfig,
+    SettlementReport,
+    SettlerPolicy,
+    TxPolicy,
+    is_transport_error,
+    open_provider,
+)
+from channels.protocol import (
+    IDEMPOTENCY_KEY,
+    PAYMENT_RESPONSE,
+    AcceptInput,
+    DepositPayload,
+    ErrorCode,
+    LedgerPolicy,
+    PaymentError,
+    RefundPayload,
+    Rejection,
+    Signer,
+    UnknownReservation,
+    checksum_address,
+    to_address,
+    verify_deposit_authorization,
+)
 from gateway.config import GatewayConfig
 from gateway.errors import api_error
 from gateway.keys import MODEL_VERSION_HASH
 from gateway.metrics import Gauge, GatewayMetrics
+from gateway.paid_answers import PaymentResponder, replay, request_digest
 from gateway.receipts import ReceiptSigner
-from gateway.terms import Terms, VerifiedPayment
+from gateway.refunds import serve_refund
+from gateway.rejections import chain_unavailable, reject, resource_url
+from gateway.terms import EXPOSE_HEADERS, Terms, VerifiedPayment
+from gateway.views import channel_view, settle_now
 
-__all__ = ["Hold", "PaymentGate", "connect_rpc", "open_ledger", "request_digest", "settlement_json",
-           "web3_of"]
+__all__ = ["Hold", "PaymentGate", "connect_rpc", "provider_config", "web3_of"]
 
 log = logging.getLogger("paychan.payments")
-
-_EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE"
-IDEMPOTENCY_KEY = "Idempotency-Key"  # the header; gateway.x402 re-exports the same name
-# The rejections whose 402 carries the corrective channelState / voucherState: the spec's
-# cumulative mismatch, and (its "Recovery After State Loss") a ceiling at or below what is
-# claimed on chain, which is what a payer with a new or stale state file sends after a claim.
-_CORRECTIVE = frozenset({ErrorCode.CUMULATIVE_AMOUNT_MISMATCH, ErrorCode.CUMULATIVE_BELOW_CLAIMED})
-
 
 @dataclass(slots=True)
 class Hold:
@@ -87,7 +100,7 @@ class Hold:
 # ---------------------------------------------------------------------- chain plumbing
 
 
-async def connect_rpc(url: str, *, timeout_s: float = 30.0) -> AsyncWeb3:
+async def connect_rpc(url: str, *, timeout_s: float = 30.0) -> AsyncWeb3[Any]:
     """An AsyncWeb3 over the JSON-RPC ``url``, checked to answer (ConnectionError if not).
 
         w3 = await connect_rpc("http://127.0.0.1:8545")
@@ -104,7 +117,7 @@ async def connect_rpc(url: str, *, timeout_s: float = 30.0) -> AsyncWeb3:
     return w3
 
 
-def web3_of(chain: Any) -> AsyncWeb3:
+def web3_of(chain: Any) -> AsyncWeb3[Any]:
     """The AsyncWeb3 inside a shared ``chain``: an AsyncWeb3 itself, or anything with ``.w3``
     (``contracts.EmbeddedChain``, a ``channels.provider.ChainClient``)."""
     if isinstance(chain, AsyncWeb3):
@@ -118,26 +131,41 @@ def web3_of(chain: Any) -> AsyncWeb3:
     )
 
 
-async def close_web3(w3: AsyncWeb3) -> None:
+async def close_web3(w3: AsyncWeb3[Any]) -> None:
     disconnect = getattr(w3.provider, "disconnect", None)
     if disconnect is not None:
         await disconnect()
 
 
-async def open_ledger(config: GatewayConfig, chain_id: int) -> Any:
-    """The channel ledger store ``config.store`` names, namespaced by chain and contract.
+def provider_config(config: GatewayConfig) -> ProviderConfig:
+    """The provider side (``channels.provider.open_provider``) that ``config`` names: the
+    ledger store namespaced by chain and contract, the sending key, the settler's policy.
 
-        store = await open_ledger(config, 31337)   # SQLite file, Redis, or memory
+        provider = await open_provider(w3, provider_config(config), chain_id=31337)
     """
-    from channels.provider.store import open_store
-
-    url = "memory://" if config.store == "memory" else config.store
+    if config.key is None or config.token is None:
+        raise ValueError("payments need config.key and config.token")
     # The ledger's own per-channel cap matches ours; a hold outlives the slowest answer.
-    policy = LedgerPolicy(
+    ledger_policy = LedgerPolicy(
         reservation_timeout_s=max(120.0, 4 * config.request_timeout_s),
         max_in_flight=config.max_in_flight_per_channel,
     )
-    return await open_store(url, chain_id=chain_id, contract=config.settlement, policy=policy)
+    return ProviderConfig(
+        key=config.key,
+        store=config.store,
+        token=config.token,
+        settlement=config.settlement,
+        collector=config.collector,
+        receiver=config.receiver,
+        ledger_policy=ledger_policy,
+        tx_policy=TxPolicy(receipt_timeout_s=config.tx_timeout_s),
+        settler_policy=settler_policy(config),
+        # Only a gateway that runs the settler competes for the lease (Redis: one of N workers).
+        shared_lease_ttl_s=config.settler_lease_ttl_s if config.settler else None,
+        confirmations=config.confirmations,
+        start_block=config.start_block,
+        poll_s=config.chain_poll_s,
+    )
 
 
 def settler_policy(config: GatewayConfig) -> SettlerPolicy:
@@ -163,7 +191,7 @@ _DOMAIN_ABI = [
 ]
 
 
-async def _token_domain(w3: AsyncWeb3, token: str) -> tuple[str, str]:
+async def _token_domain(w3: AsyncWeb3[Any], token: str) -> tuple[str, str]:
     """The token's EIP-712 domain (name, version): ERC-5267 ``eip712Domain()``, else name()/version()."""
     contract = w3.eth.contract(address=AsyncWeb3.to_checksum_address(token), abi=_DOMAIN_ABI)
     try:
@@ -176,27 +204,6 @@ async def _token_domain(w3: AsyncWeb3, token: str) -> tuple[str, str]:
         except Exception:
             version = "1"
         return str(name), str(version)
-
-
-def settlement_json(report: SettlementReport, chain: ChainClient) -> dict[str, Any]:
-    """A settler round as JSON, with one row per claimed channel (from the Claimed events).
-
-    ``{"reason", "channels", "claimed", "claims": [{"channel", "amount", "total_claimed",
-    "tx"}], "claim_txs", "settle_tx", "settled_amount", "gas_used", "skipped"}``
-    """
-    out = report.to_json()
-    out["settled_amount"] = out.pop("settled")
-    rows = []
-    for result in report.claims:
-        for ev in chain.settlement.events.Claimed().process_receipt(result.receipt, errors=DISCARD):
-            rows.append({
-                "channel": "0x" + bytes(ev["args"]["channelId"]).hex(),
-                "amount": int(ev["args"]["claimAmount"]),
-                "total_claimed": int(ev["args"]["newTotalClaimed"]),
-                "tx": result.tx_hash,
-            })
-    out["claims"] = rows
-    return out
 
 
 # ---------------------------------------------------------------------- the gate
@@ -220,7 +227,7 @@ class PaymentGate:
         facilitator: Facilitator,
         sync: ChainSync,
         *,
-        owned_w3: AsyncWeb3 | None = None,
+        owned_w3: AsyncWeb3[Any] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -232,8 +239,7 @@ class PaymentGate:
         self.sync = sync
         self._owned_w3 = owned_w3
         self._sync_stopped = False
-        self._network = terms.network
-        self._payer_json: dict[bytes, str] = {}
+        self.responses = PaymentResponder(terms.network)
         # Request ids unique across processes sharing a Redis ledger: pid + boot nonce + counter.
         self._ids = itertools.count()
         self._id_prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
@@ -252,6 +258,7 @@ class PaymentGate:
         The gate always builds its own ``ChainClient`` over the connection, signing with
         ``config.key`` and journaling into the ledger store, so restarts finish what was sent.
         """
+        wiring = provider_config(config)  # refuses a config without key or token, first
         owned_w3 = None
         if chain is None:
             w3 = owned_w3 = await connect_rpc(config.rpc_url)
@@ -259,16 +266,16 @@ class PaymentGate:
             w3 = web3_of(chain)
         try:
             chain_id = int(await w3.eth.chain_id)
-            signer = Signer(config.key)
+            signer = Signer(wiring.key)
             name, version = config.token_name, config.token_version
             if name is None or version is None:
-                name2, version2 = await _token_domain(w3, config.token)
+                name2, version2 = await _token_domain(w3, wiring.token)
                 name, version = name or name2, version or version2
             receiver = to_address(config.receiver) if config.receiver else signer.address_bytes
             terms = Terms(
                 chain_id=chain_id,
                 settlement=checksum_address(config.settlement),
-                token=to_address(config.token),
+                token=to_address(wiring.token),
                 receiver=receiver,
                 receiver_authorizer=signer.address_bytes,
                 price=config.price,
@@ -278,26 +285,14 @@ class PaymentGate:
                 max_timeout_seconds=config.max_timeout_seconds,
                 min_deposit=config.min_deposit,
             )
-            store = await open_ledger(config, chain_id)
+            provider = await open_provider(w3, wiring, chain_id=chain_id)
         except BaseException:
             if owned_w3 is not None:
                 await close_web3(owned_w3)
             raise
-        client = ChainClient(
-            w3, config.key, journal=TxJournal(store), settlement=config.settlement,
-            collector=config.collector, policy=TxPolicy(receipt_timeout_s=config.tx_timeout_s),
-        )
-        facilitator = Facilitator(client, store, authorizer=signer)
-        # Only a gateway that runs the settler competes for the lease (Redis: one of N workers).
-        lease = (lease_for(config.store, chain_id=chain_id, settlement=terms.settlement,
-                           ttl_s=config.settler_lease_ttl_s) if config.settler else LocalLease())
-        sync = ChainSync(
-            client, store, authorizer=signer, receiver=checksum_address(receiver), token=config.token,
-            lease=lease, policy=settler_policy(config), confirmations=config.confirmations,
-            start_block=config.start_block, poll_s=config.chain_poll_s,
-        )
         receipts = ReceiptSigner(signer, chain_id=chain_id, settlement=terms.settlement)
-        return cls(config, metrics, terms, store, receipts, client, facilitator, sync, owned_w3=owned_w3)
+        return cls(config, metrics, terms, provider.store, receipts, provider.chain,
+                   provider.facilitator, provider.sync, owned_w3=owned_w3)
 
     async def stop_sync(self) -> None:
         """Stop the chain sync and give up its lease (idempotent)."""
@@ -329,23 +324,20 @@ class PaymentGate:
 
     # ------------------------------------------------------------------ 402s
 
-    def requirements(self, units: int) -> dict:
+    def requirements(self, units: int) -> dict[str, Any]:
         return self.terms.requirements_json(units)
 
     def challenge(self, units: int, request: web.Request) -> web.Response:
-        return self.terms.challenge(units, _resource_url(request))
+        return self.terms.challenge(units, resource_url(request))
 
-    def _reject(self, error: PaymentError, units: int, request: web.Request, rejection: Rejection | None = None) -> web.Response:
-        """The 402 for a refused payment; a corrective one (channel and voucher state in
-        ``accepts[0].extra``) for the codes a payer recovers from by adopting our state."""
-        self.metrics.payment_errors.inc((str(error.code),))
-        snapshots = {}
-        if rejection is not None and error.code in _CORRECTIVE:
-            snapshots = {"channel_state": rejection.channel_state, "voucher_state": rejection.voucher_state}
-        response = self.terms.rejection(error, units, _resource_url(request), **snapshots)
-        if error.code == ErrorCode.CHANNEL_BUSY:
-            response.headers["Retry-After"] = str(self.config.retry_after_s)
-        return response
+    def reject(self, error: PaymentError, units: int, request: web.Request,
+               rejection: Rejection | None = None) -> web.Response:
+        """The 402 for a refused payment (see ``gateway.rejections.reject``)::
+
+            return gate.reject(PaymentError(ErrorCode.CHANNEL_BUSY, "payload.voucher", why), 1, request)
+        """
+        return reject(self.terms, self.metrics, self.config.retry_after_s, error, units, request,
+                      rejection)
 
     # ------------------------------------------------------------------ the calls
 
@@ -365,7 +357,7 @@ class PaymentGate:
                     self.terms.settlement, now=int(time.time()),
                 )
         except PaymentError as exc:
-            return self._reject(exc, units, request)
+            return self.reject(exc, units, request)
         return payment
 
     def refund_payment(self, header: str, request: web.Request) -> VerifiedPayment | web.Response | None:
@@ -374,45 +366,16 @@ class PaymentGate:
         try:
             return self.terms.parse_refund(header)
         except PaymentError as exc:
-            return self._reject(exc, 1, request)
+            return self.reject(exc, 1, request)
 
     async def refund(self, payment: VerifiedPayment, request: web.Request) -> web.Response:
-        """Serve a cooperative refund sent to the paid resource (the spec's server side).
-
-        Claims every outstanding charge and refunds the rest (or ``payload.amount``) through
-        the facilitator, in one transaction. The answer carries ``PAYMENT-RESPONSE`` (the
-        settlement: refunded amount, refund transaction, channel state) and no resource; a
-        refused refund is a 402 naming the spec's code, with the failed settlement attached.
-        Nothing is charged either way.
-        """
-        try:
-            settled = await self.facilitator.refund(payment.payload, self.terms.requirements(1))
-        except Exception as exc:
-            if is_transport_error(exc):
-                raise _chain_unavailable(self.config) from None
-            raise
-        text = json.dumps(settled.to_json(), separators=(",", ":"))
-        header = base64.b64encode(text.encode()).decode()
-        if settled.success:
-            response = web.Response(status=200, body=text.encode(), content_type="application/json")
-        else:
-            try:
-                code = ErrorCode(settled.error_reason)
-            except ValueError:
-                code = ErrorCode.REFUND_TRANSACTION_FAILED
-            error = PaymentError(code, "payload", settled.error_message or "refund refused")
-            # A refund voucher below what is claimed (a payer with a new or stale state file):
-            # the 402 carries our state and the payer's own last voucher, so it can adopt them.
-            state = await self.store.get(payment.channel_id) if code in _CORRECTIVE else None
-            rejection = Rejection(code, error.message, state) if state is not None else None
-            response = self._reject(error, 1, request, rejection)
-        response.headers["PAYMENT-RESPONSE"] = header
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSE
-        return response
+        """Serve a cooperative refund sent to the paid resource: claim every outstanding charge
+        and refund the rest (see ``gateway.refunds.serve_refund``). Nothing is charged."""
+        return await serve_refund(self, payment, request)
 
     async def reserve(self, payment: VerifiedPayment, units: int, request: web.Request) -> Hold | web.Response:
         """Hold the price (ledger acceptance rules); submit a deposit payload's deposit on-chain."""
-        amount = units * self.terms.price
+        amount = self.terms.price_of(units)
         payload = payment.payload
         deposit_amount = payload.deposit.amount if isinstance(payload, DepositPayload) else 0
         request_id = self._id_prefix + str(next(self._ids))
@@ -423,7 +386,8 @@ class PaymentGate:
             record = await self.store.begin_idempotent(payment.channel_id, key, request_id, time.time(),
                                                        digest=digest)
             if record is not None:
-                return self._replay(record, digest)
+                return replay(record, digest, metrics=self.metrics,
+                              retry_after_s=self.config.retry_after_s)
         voucher = payment.voucher
         inp = AcceptInput(payment.channel_id, voucher.max_claimable_amount, voucher.signature, amount,
                           request_id, time.time(), deposit_amount, payment.config)
@@ -438,27 +402,27 @@ class PaymentGate:
                 if key is not None:
                     await self.release(hold)  # drops the pending Idempotency-Key marker
                 if is_transport_error(exc):
-                    raise _chain_unavailable(self.config) from None
+                    raise chain_unavailable(self.config) from None
                 raise
             if synced:
                 outcome = await self.store.accept(inp)
         if isinstance(outcome, Rejection):
             if key is not None:
                 await self.release(hold)  # drops the pending Idempotency-Key marker
-            return self._reject(PaymentError(outcome.code, "payload.voucher.maxClaimableAmount", outcome.message),
+            return self.reject(PaymentError(outcome.code, "payload.voucher.maxClaimableAmount", outcome.message),
                                 units, request, outcome)
-        if deposit_amount:
+        if deposit_amount and isinstance(payload, DepositPayload):
             try:
                 # Verifies against the chain (block time, payer funds, balance), submits through
                 # the collector, waits for the receipt, and mirrors the new balance into the store.
                 done = await self.facilitator.submit_deposit(payload, self.terms.requirements(units))
             except PaymentError as exc:
                 await self.release(hold)
-                return self._reject(exc, units, request)
+                return self.reject(exc, units, request)
             except Exception as exc:
                 await self.release(hold)
                 if is_transport_error(exc):
-                    raise _chain_unavailable(self.config) from None
+                    raise chain_unavailable(self.config) from None
                 raise
             self.metrics.deposits.inc()
             hold.deposit_tx, hold.deposit_amount = done.tx_hash, deposit_amount
@@ -477,32 +441,6 @@ class PaymentGate:
         await self.store.release(hold.payment.channel_id, hold.request_id,
                                  idempotency_key=hold.idempotency_key)
 
-    def _replay(self, record: Any, digest: str) -> web.Response:
-        """The stored answer of a finished Idempotency-Key; 409 while the first is running;
-        422 ``idempotency_key_reused`` when the key was taken by a different request (another
-        body, path, method or price): its old answer is not this request's, and nothing is
-        charged either way.
-
-            >>> gate._replay(record, request_digest("POST", "/v1/classify", body, 1000))
-        """
-        if not record.matches(digest):
-            raise api_error(422, "idempotency_key_reused",
-                            f"{IDEMPOTENCY_KEY}: this key was used for a different request "
-                            "(method, path, body or price); send a new key for a new request, "
-                            "and reuse a key only to retry the very same request")
-        if not record.done:
-            raise api_error(409, "idempotency_key_in_use",
-                            "a request with this Idempotency-Key is still running; retry shortly",
-                            retry_after=self.config.retry_after_s)
-        self.metrics.replays.inc()
-        stored = json.loads(record.response)
-        response = web.Response(status=stored["status"], body=base64.b64decode(stored["body"]),
-                                content_type=stored["contentType"])
-        response.headers["PAYMENT-RESPONSE"] = stored["paymentResponse"]
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSE
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-
     async def commit(self, hold: Hold, request: web.Request, response: web.Response) -> web.Response:
         """Charge the held price and attach ``PAYMENT-RESPONSE`` with the signed receipt.
 
@@ -520,7 +458,7 @@ class PaymentGate:
             # Built inside the store's atomic commit, so its receipt is signed alone, now.
             receipt = self.receipts.sign(payment.channel_id, request_body, body, version, hold.amount,
                                          charge.cumulative)
-            header = self._payment_response(hold, charge, receipt)
+            header = self.responses.header(hold, charge, receipt)
             built.append(header)
             return json.dumps({
                 "status": response.status, "contentType": response.content_type,
@@ -539,7 +477,7 @@ class PaymentGate:
             if hold.idempotency_key is None:
                 charge = await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                                  on_charge=sign)
-                header = self._payment_response(hold, charge, await receipts[0])
+                header = self.responses.header(hold, charge, await receipts[0])
             else:
                 await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                         idempotency_key=hold.idempotency_key,
@@ -562,88 +500,21 @@ class PaymentGate:
                 pass
             raise
         self.metrics.charged.inc((), hold.amount)
-        response.headers["PAYMENT-RESPONSE"] = header
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSE
+        response.headers[PAYMENT_RESPONSE] = header
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
-
-    def _payment_response(self, hold: Hold, charge: Any, receipt: str) -> str:
-        """The base64 ``PAYMENT-RESPONSE`` for a committed charge, with our signed ``receipt``."""
-        payment = hold.payment
-        state = charge.channel_state
-        cumulative = charge.cumulative
-        payer = self._payer_json.get(payment.config.payer)
-        if payer is None:
-            payer = self._payer_json[payment.config.payer] = checksum_address(payment.config.payer)
-        # Hand-assembled JSON: every value is hex or decimal (no escaping), the layout is fixed,
-        # and this is several microseconds cheaper per request than dicts + json.dumps.
-        amount = "" if hold.deposit_amount is None else hold.deposit_amount
-        text = (
-            f'{{"success":true,"transaction":"{hold.deposit_tx}","network":"{self._network}",'
-            f'"payer":"{payer}","amount":"{amount}","extra":{{"chargedAmount":"{hold.amount}",'
-            f'"channelState":{{"channelId":"{payment.channel_hex}","balance":"{state.balance}",'
-            f'"totalClaimed":"{state.total_claimed}","withdrawRequestedAt":{state.withdraw_requested_at},'
-            f'"refundNonce":"{state.refund_nonce}","chargedCumulativeAmount":"{cumulative}"}},'
-            f'"receipt":{receipt}}}}}'
-        )
-        return binascii.b2a_base64(text.encode(), newline=False).decode()
 
     # ------------------------------------------------------------------ views and settlement
 
-    async def channel_view(self, channel_hex: str) -> dict | None:
-        """The server's view of a channel, as JSON (None when unknown)."""
-        state = await self.store.get(bytes.fromhex(channel_hex[2:]))
-        if state is None:
-            return None
-        view = state.channel_state.to_json()
-        view["reserved"] = str(state.reserved)
-        view["inFlight"] = len(state.reservations)
-        voucher = state.voucher_state
-        if voucher is not None:
-            view["voucherState"] = voucher.to_json()
-        return view
+    async def channel_view(self, channel_hex: str) -> dict[str, Any] | None:
+        """The server's view of a channel, as JSON (None when unknown; ``gateway.views``)."""
+        return await channel_view(self.store, channel_hex)
 
     async def settle_now(self) -> dict[str, Any]:
-        """Claim everything charged now (every claimable channel, whatever the policy says),
-        settle the claimed value to the receiver, and wait for the receipts.
-
-        Safe beside the background sync (rounds never overlap in one process). Returns JSON::
-
-            {"reason": "forced" | None,          # None: nothing was charged and unclaimed
-             "channels": 2, "claimed": 21000,    # channels claimed, token units newly claimed
-             "claims": [{"channel": "0x..", "amount": 12000, "total_claimed": 12000, "tx": "0x.."}],
-             "claim_txs": ["0x.."], "settle_tx": "0x.." | None,
-             "settled_amount": 21000,            # token units swept to the receiver
-             "gas_used": 151234, "skipped": [],  # channels whose claim kept failing
-             "receiver": "0x..", "token": "0x.."}
-
-        Raises ``channels.provider.chain.TxFailed`` when a claim or the settle fails on-chain.
-        """
-        report = await self.sync.settler.run_once(force=True)
-        out = settlement_json(report, self.chain)
-        out["receiver"] = self.sync.settler.receiver
-        out["token"] = self.sync.settler.token
-        return out
+        """Claim and settle everything charged, now, whatever the policy says; the round as
+        JSON (``gateway.views.settle_now``). Raises ``channels.provider.TxFailed``."""
+        return await settle_now(self.sync.settler, self.chain)
 
     def _count_settlement(self, report: SettlementReport) -> None:
         self.metrics.claimed.inc((), report.claimed)
         self.metrics.settled.inc((), report.settled)
-
-
-def request_digest(method: str, path_qs: str, body: bytes, price: int) -> str:
-    """The fingerprint an Idempotency-Key is bound to: sha256 over the method, the path with
-    its query (``top_k``, ``model`` change the answer), the price and the body's sha256.
-
-        >>> request_digest("POST", "/v1/classify?top_k=3", jpeg, 1000)
-        '5c1f...'   # 64 hex digits
-    """
-    head = f"{method}\n{path_qs}\n{price}\n".encode()
-    return hashlib.sha256(head + hashlib.sha256(body).digest()).hexdigest()
-
-
-def _chain_unavailable(config: GatewayConfig) -> web.HTTPException:
-    return api_error(503, "chain_unavailable", "the chain node cannot be reached; retry shortly",
-                     retry_after=config.retry_after_s)
-
-
-def _resource_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}{request.path}"

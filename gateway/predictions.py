@@ -13,13 +13,15 @@ for the image, 429/503 with Retry-After for the service)::
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics, Gauge
-from inference import Classifier, ClassifierError, ImageError
+from inference import BatchEvent, Classifier, ClassifierError, ImageClassifier, ImageError
 
 __all__ = [
     "Answer",
@@ -54,22 +56,23 @@ class Answer:
     version_hash: bytes
 
 
-async def open_classifier(config: GatewayConfig) -> Classifier:
+async def open_classifier(config: GatewayConfig) -> ImageClassifier:
     """Load (in a thread: reading weights blocks) and start the configured classifier."""
+    clf: ImageClassifier
     if config.is_null_model:
         clf = Classifier.null()
     else:
-        # A fixed batch_cap skips the warm-up's choice (timings on a busy machine vary).
-        sizing = {} if config.batch_cap is None else {"max_batch": config.batch_cap, "auto_cap": False}
-        clf = await asyncio.to_thread(
-            Classifier.load, model=config.model, device=config.device, queue_size=config.max_in_flight,
-            **sizing,
-        )
+        load = functools.partial(Classifier.load, model=config.model, device=config.device,
+                                 queue_size=config.max_in_flight)
+        if config.batch_cap is not None:
+            # A fixed batch_cap skips the warm-up's choice (timings on a busy machine vary).
+            load = functools.partial(load, max_batch=config.batch_cap, auto_cap=False)
+        clf = await asyncio.to_thread(load)
     await clf.start()
     return clf
 
 
-def check(clf: Classifier, data: bytes, index: int | None = None) -> None:
+def check(clf: ImageClassifier, data: bytes, index: int | None = None) -> None:
     """Header-only image validation under the classifier's limits; raises Rejected.
 
         check(clf, body)          # Rejected(422, "aspect_ratio_too_large", ...) for 1x10000
@@ -82,7 +85,7 @@ def check(clf: Classifier, data: bytes, index: int | None = None) -> None:
         raise Rejected(exc.status, exc.code, str(exc)) from None
 
 
-def resolve_model(clf: Classifier, requested: str | None) -> str:
+def resolve_model(clf: ImageClassifier, requested: str | None) -> str:
     """The version id that will answer ``requested`` (an id, alias, or the version hash)."""
     version = clf.version
     if requested is None or requested in _DEFAULT_ALIASES or requested in (
@@ -93,7 +96,7 @@ def resolve_model(clf: Classifier, requested: str | None) -> str:
                    f"model {requested!r} is not served here; GET /v1/models lists the versions")
 
 
-async def classify(clf: Classifier, images: list[bytes], top_k: int, deadline: float | None = None) -> Answer:
+async def classify(clf: ImageClassifier, images: list[bytes], top_k: int, deadline: float | None = None) -> Answer:
     """Run the classifier and encode the answer; raises Rejected on image/service errors."""
     try:
         predictions = await clf.classify(images, top_k=top_k, deadline=deadline)
@@ -109,7 +112,7 @@ async def classify(clf: Classifier, images: list[bytes], top_k: int, deadline: f
     return Answer(json.dumps(body, separators=(",", ":")).encode(), version.content_hash)
 
 
-def list_models(clf: Classifier) -> list[dict[str, Any]]:
+def list_models(clf: ImageClassifier) -> list[dict[str, Any]]:
     v = clf.version
     return [{
         "id": v.id, "architecture": v.architecture, "version": v.hash_hex,
@@ -135,16 +138,16 @@ def parse_label(text: str) -> int:
     raise Rejected(400, "bad_label", f"label {text!r} is not an ImageNet-1k class name or index")
 
 
-def register_metrics(clf: Classifier, metrics: GatewayMetrics) -> None:
+def register_metrics(clf: ImageClassifier, metrics: GatewayMetrics) -> None:
     """Batch size and queue wait per batch, and the batcher's counters as gauges at scrape time."""
 
-    def on_batch(event) -> None:
+    def on_batch(event: BatchEvent) -> None:
         metrics.batch_size.observe(event.size)
         metrics.queue_wait_seconds.observe(event.oldest_wait_s)
 
     clf.add_batch_listener(on_batch)
 
-    def stat(name: str):
+    def stat(name: str) -> Callable[[], float]:
         return lambda: float(getattr(clf.stats(), name, 0) or 0)
 
     for name, help_text in (

@@ -14,7 +14,8 @@ answers; alone, a receipt is a batch of one with an empty proof::
     receipt_json = await signer.sign_batched(channel_id, request_body, response_body, version, 1000, 5000)
     receipt_json = signer.sign(channel_id, request_body, response_body, version, 1000, 5000)  # now, alone
 
-A payer checks it with ``channels.protocol.verify.verify_receipt``.
+The encodings (leaf, Merkle pair, batch digest) are ``channels.protocol``'s; a payer checks a
+receipt with ``channels.protocol.verify_receipt``.
 """
 
 from __future__ import annotations
@@ -22,20 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from channels.protocol.eip712 import (
-    RECEIPT_BATCH_TYPE,
-    RECEIPT_DOMAIN_NAME,
-    RECEIPT_DOMAIN_VERSION,
-    RECEIPT_TYPE,
-    domain_separator,
-    keccak256,
-)
-from channels.protocol.signing import Signer
-
-# Precomputed once: the type hashes, and (per signer) "\x19\x01" ++ the domain separator.
-_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
-_BATCH_TYPEHASH = keccak256(RECEIPT_BATCH_TYPE.encode())
-_PAD16 = bytes(16)
+from channels.protocol import Signer, merkle_parent, receipt_batch_digest, receipt_leaf
 
 __all__ = ["ReceiptSigner"]
 
@@ -46,7 +34,7 @@ class ReceiptSigner:
     ``max_batch`` bounds a batch (and so a proof to ``ceil(log2(max_batch))`` hashes).
     """
 
-    __slots__ = ("_pending", "_prefix", "_signer", "address", "chain_id", "max_batch", "settlement")
+    __slots__ = ("_pending", "_signer", "address", "chain_id", "max_batch", "settlement")
 
     def __init__(self, signer: Signer, *, chain_id: int, settlement: str, max_batch: int = 64) -> None:
         if max_batch < 1:
@@ -56,8 +44,6 @@ class ReceiptSigner:
         self.settlement = settlement
         self.address = signer.address
         self.max_batch = max_batch
-        separator = domain_separator(chain_id, settlement, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
-        self._prefix = b"\x19\x01" + separator
         self._pending: list[tuple[bytes, str, asyncio.Future[str]]] = []
 
     def sign(
@@ -109,17 +95,10 @@ class ReceiptSigner:
         charged: int,
         cumulative: int,
     ) -> tuple[bytes, str]:
-        """The leaf (``hashStruct(Receipt)``, packed inline: the words are already 32 bytes;
-        amounts are uint128, so ``to_bytes(16)`` refuses anything larger) and the receipt's
-        JSON up to its proof."""
+        """The leaf (``hashStruct(Receipt)``) and the receipt's JSON up to its proof."""
         req = hashlib.sha256(request_body).digest()
         res = hashlib.sha256(response_body).digest()
-        if len(channel_id) != 32 or len(model_version) != 32:
-            raise ValueError("channel_id and model_version must be 32 bytes")
-        leaf = keccak256(
-            _RECEIPT_TYPEHASH + channel_id + req + res + model_version
-            + _PAD16 + charged.to_bytes(16, "big") + _PAD16 + cumulative.to_bytes(16, "big")
-        )
+        leaf = receipt_leaf(channel_id, req, res, model_version, charged, cumulative)
         # Hand-formatted: every value is hex or decimal, so no escaping is ever needed, and this
         # is several microseconds cheaper than building a dict and json.dumps on every request.
         head = (
@@ -130,7 +109,7 @@ class ReceiptSigner:
         return leaf, head
 
     def _sign_root(self, root: bytes) -> bytes:
-        return self._signer.sign_digest(keccak256(self._prefix + keccak256(_BATCH_TYPEHASH + root)))
+        return self._signer.sign_digest(receipt_batch_digest(self.chain_id, self.settlement, root))
 
     def _flush(self) -> None:
         batch = [item for item in self._pending if not item[2].done()]  # skip the cancelled
@@ -151,27 +130,27 @@ class ReceiptSigner:
 def _merkle(leaves: list[bytes]) -> tuple[bytes, list[str]]:
     """The root over ``leaves`` and each leaf's proof as JSON list items (``"0x..","0x.."``).
 
-    Pairs hash sorted (``keccak256(min ‖ max)``); an odd node out is carried up unchanged, so
+    Pairs hash as ``merkle_parent`` (sorted); an odd node out is carried up unchanged, so
     its proof has no entry for that level.
     """
-    levels = [leaves]
+    levels: list[list[bytes]] = [leaves]
     while len(levels[-1]) > 1:
         level = levels[-1]
-        parents = []
+        parents: list[bytes] = []
         for j in range(0, len(level) - 1, 2):
-            a, b = level[j], level[j + 1]
-            parents.append(keccak256(a + b if a < b else b + a))
+            parents.append(merkle_parent(level[j], level[j + 1]))
         if len(level) % 2:
             parents.append(level[-1])
         levels.append(parents)
-    texts = [[f'"0x{node.hex()}"' for node in level] for level in levels[:-1]]
+    texts = [[f'"0x{node.hex()}"' for node in nodes] for nodes in levels[:-1]]
     proofs = []
     for i in range(len(leaves)):
-        items, pos = [], i
-        for level in texts:
+        items: list[str] = []
+        pos = i
+        for row in texts:
             sibling = pos ^ 1
-            if sibling < len(level):
-                items.append(level[sibling])
+            if sibling < len(row):
+                items.append(row[sibling])
             pos >>= 1
         proofs.append(",".join(items))
     return levels[-1][0], proofs

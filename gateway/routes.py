@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from gateway import predictions
+from gateway.config import GatewayConfig
 from gateway.errors import api_error, json_response
 from gateway.keys import (
     CLASSIFIER,
@@ -94,7 +96,7 @@ async def classify(request: web.Request) -> web.Response:
 async def pricing(request: web.Request) -> web.Response:
     """The payment terms for one image, without a challenge."""
     config = request.app[CONFIG]
-    body: dict = {
+    body: dict[str, object] = {
         "x402Version": 2,
         "pricePerImage": str(config.price),
         "maxImagesPerRequest": config.max_images,
@@ -168,7 +170,7 @@ async def samples(request: web.Request) -> web.Response:
     )
 
 
-async def _read_sample_form(request: web.Request, config) -> tuple[list[Upload], str | None]:
+async def _read_sample_form(request: web.Request, config: GatewayConfig) -> tuple[list[Upload], str | None]:
     check_content_length(request, config.max_sample_bytes)
     try:
         body = await request.read()
@@ -205,8 +207,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: model warm, chain and store reachable, not draining."""
     state = request.app[STATE]
     checks = dict(state.checks)
-    probes = []
-    gate = request.app[PAYMENTS]
+    probes: list[tuple[str, Awaitable[bool]]] = []
+    gate = request.app.get(PAYMENTS)  # absent on a free gateway
     if gate is not None:
         probes = [("store", gate.ping_store()), ("chain", gate.ping_chain())]
     for name, probe in probes:

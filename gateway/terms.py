@@ -10,8 +10,8 @@ has three tiers, fastest first:
    short tail (amount and signature) is decoded — no JSON parse of the ~1 KB header;
 2. a known channel echoing our exact offer: the decoded JSON is compared with what was
    already validated for that channel instead of being re-validated field by field;
-3. anything new goes through ``channels.protocol.wire``'s strict parser, which names the field and
-   the fix.
+3. anything new goes through ``channels.protocol``'s strict parser (``PaymentPayload.from_json``),
+   which names the field and the fix.
 
 Every tier ends in the same voucher signature check (one public-key recovery)::
 
@@ -27,37 +27,48 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from channels.protocol.eip712 import VOUCHER_TYPE, domain_separator, keccak256
-from channels.protocol.eip712 import channel_id as compute_channel_id
-from channels.protocol.errors import ErrorCode, PaymentError
-from channels.protocol.verify import signed_by, verify_voucher
-from channels.protocol.wire import (
+from channels.protocol import (
+    PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE,
+    PAYMENT_SIGNATURE,
     BatchExtra,
     ChannelConfig,
     ChannelStateSnapshot,
+    ErrorCode,
+    PaymentError,
     PaymentPayload,
     PaymentRequired,
     PaymentRequirements,
     ResourceInfo,
+    SchemePayload,
     Voucher,
     VoucherPayload,
     VoucherStateSnapshot,
+    domain_separator,
+    signed_by,
+    verify_voucher,
+    voucher_digest_with,
+    voucher_struct_prefix,
 )
+from channels.protocol import channel_id as compute_channel_id
 
-__all__ = ["Terms", "VerifiedPayment"]
+__all__ = ["EXPOSE_HEADERS", "Terms", "VerifiedPayment"]
 
+_loads: Callable[[bytes], Any]
 try:  # orjson parses the ~1 KB payment JSON 3x faster than json (5 us per paid request)
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - same results, slower
     _loads = json.loads
 
-_EXPOSE = "PAYMENT-REQUIRED, PAYMENT-RESPONSE"
+# Access-Control-Expose-Headers of every payment answer: browsers may read the x402 headers.
+EXPOSE_HEADERS = f"{PAYMENT_REQUIRED}, {PAYMENT_RESPONSE}"
 _U128 = 1 << 128
-_VOUCHER_TYPEHASH = keccak256(VOUCHER_TYPE.encode())
 _AMOUNT_KEY = b'"maxClaimableAmount":"'
 # What follows the amount key in a voucher-last layout: the ceiling, the signature, and the
 # closing braces of voucher, payload and the root object (nothing else may follow).
@@ -80,14 +91,14 @@ class _Layout:
     channel_id: bytes
     channel_hex: str
     accepted_amount: int  # accepts[0].amount the client echoed (checked against units each time)
-    struct_prefix: bytes  # VOUCHER_TYPEHASH ++ channelId: the voucher struct hash's fixed part
+    struct_prefix: bytes  # voucher_struct_prefix(channel_id), kept for every later voucher
 
 
 @dataclass(slots=True)
 class VerifiedPayment:
     """A payment whose voucher signature and channel binding are checked."""
 
-    payload: object  # channels.protocol.DepositPayload | VoucherPayload | RefundPayload
+    payload: SchemePayload
     channel_id: bytes
     channel_hex: str  # "0x" + 64 lowercase hex digits
     config: ChannelConfig
@@ -129,10 +140,11 @@ class Terms:
         self.max_timeout_seconds = max_timeout_seconds
         self.description = description
         self._requirements: dict[int, PaymentRequirements] = {}
-        self._requirements_json: dict[int, dict] = {}
+        self._requirements_json: dict[int, dict[str, Any]] = {}
         self._challenges: dict[tuple[int, str], tuple[bytes, str]] = {}
-        # channel id (hex, as sent) -> (channelConfig JSON as validated, parsed config, id, id hex)
-        self._channels: dict[str, tuple[dict, ChannelConfig, bytes, str]] = {}
+        # channel id (hex, as sent) -> (channelConfig JSON as validated, parsed config, id, id hex,
+        # its voucher_struct_prefix)
+        self._channels: dict[str, tuple[dict[str, Any], ChannelConfig, bytes, str, bytes]] = {}
         # base64 prefix of a validated header -> its layout; the prefix lengths in use
         self._layouts: dict[str, _Layout] = {}
         self._layout_lengths: list[int] = []
@@ -140,18 +152,22 @@ class Terms:
 
     # ------------------------------------------------------------------ the offer
 
+    def price_of(self, units: int) -> int:
+        """What ``units`` cost: ``terms.price_of(3) == 3 * terms.price`` (the one place)."""
+        return units * self.price
+
     def requirements(self, units: int) -> PaymentRequirements:
         req = self._requirements.get(units)
         if req is None:
             req = PaymentRequirements(
-                self.network, self.token, units * self.price, self.receiver,
+                self.network, self.token, self.price_of(units), self.receiver,
                 self.max_timeout_seconds, self.extra,
             )
             self._requirements[units] = req
             self._requirements_json[units] = req.to_json()
         return req
 
-    def requirements_json(self, units: int) -> dict:
+    def requirements_json(self, units: int) -> dict[str, Any]:
         self.requirements(units)
         return self._requirements_json[units]
 
@@ -162,7 +178,7 @@ class Terms:
         if cached is None:
             required = PaymentRequired(
                 accepts=(self.requirements(units),),
-                error="PAYMENT-SIGNATURE header is required",
+                error=f"{PAYMENT_SIGNATURE} header is required",
                 resource=ResourceInfo(url, self.description, "application/json"),
             )
             text = json.dumps(required.to_json(), separators=(",", ":"))
@@ -172,7 +188,7 @@ class Terms:
         body, header = cached
         return web.Response(
             status=402, body=body, content_type="application/json",
-            headers={"PAYMENT-REQUIRED": header, "Access-Control-Expose-Headers": _EXPOSE},
+            headers={PAYMENT_REQUIRED: header, "Access-Control-Expose-Headers": EXPOSE_HEADERS},
         )
 
     def rejection(
@@ -205,8 +221,8 @@ class Terms:
         return web.Response(
             status=402, body=text.encode(), content_type="application/json",
             headers={
-                "PAYMENT-REQUIRED": base64.b64encode(text.encode()).decode(),
-                "Access-Control-Expose-Headers": _EXPOSE,
+                PAYMENT_REQUIRED: base64.b64encode(text.encode()).decode(),
+                "Access-Control-Expose-Headers": EXPOSE_HEADERS,
             },
         )
 
@@ -231,13 +247,13 @@ class Terms:
             data = _loads(raw)
         except (binascii.Error, ValueError, TypeError, RecursionError) as exc:  # orjson's error is a ValueError
             raise PaymentError(
-                ErrorCode.INVALID_PAYLOAD, "PAYMENT-SIGNATURE",
+                ErrorCode.INVALID_PAYLOAD, PAYMENT_SIGNATURE,
                 f"must be base64 of a JSON object ({exc})",
             ) from None
         fast = self._parse_fast(data, units) if type(data) is dict else None
         payment = fast if fast is not None else self._parse_strict(data, units)
         if isinstance(payment.payload, VoucherPayload):
-            accepted = data["accepted"]  # type: ignore[index]  (validated by either parser)
+            accepted = data["accepted"]  # a dict: validated by either parser
             self._learn_layout(header, raw, payment, int(accepted["amount"]))
         return payment
 
@@ -271,7 +287,7 @@ class Terms:
 
     def _parse_layout(self, layout: _Layout, header: str, length: int, units: int) -> VerifiedPayment | None:
         """The tail after a known prefix: amount and signature, else None (slower tiers decide)."""
-        if layout.accepted_amount < units * self.price:
+        if layout.accepted_amount < self.price_of(units):
             return None  # the strict parser names the error
         try:
             tail = binascii.a2b_base64(header[length:], strict_mode=True)
@@ -292,7 +308,7 @@ class Terms:
     def _verified(self, config: ChannelConfig, cid: bytes, cid_hex: str, amount: int,
                   signature: bytes, struct_prefix: bytes) -> VerifiedPayment:
         """The voucher signature check shared by the fast tiers (the strict one has its own)."""
-        digest = keccak256(b"\x19\x01" + self._domain + keccak256(struct_prefix + amount.to_bytes(32, "big")))
+        digest = voucher_digest_with(self._domain, struct_prefix, amount)
         if signed_by(digest, signature, config.payer_authorizer, "payload.voucher.signature") is not None:
             raise PaymentError(
                 ErrorCode.VOUCHER_SIGNATURE, "payload.voucher.signature",
@@ -329,10 +345,10 @@ class Terms:
             self._layouts.clear()
         self._layouts[prefix] = _Layout(
             raw[whole:cut], payment.config, payment.channel_id, payment.channel_hex,
-            accepted_amount, _VOUCHER_TYPEHASH + payment.channel_id,
+            accepted_amount, voucher_struct_prefix(payment.channel_id),
         )
 
-    def _parse_fast(self, data: dict, units: int) -> VerifiedPayment | None:
+    def _parse_fast(self, data: dict[str, Any], units: int) -> VerifiedPayment | None:
         """Known channel + our exact offer + voucher payload: check only what changed."""
         payload = data.get("payload")
         if (
@@ -349,7 +365,7 @@ class Terms:
         known = self._channels.get(cid_hex) if type(cid_hex) is str else None
         if known is None or payload.get("channelConfig") != known[0]:
             return None
-        config, cid = known[1], known[2]
+        config, cid, cid_hex, prefix = known[1], known[2], known[3], known[4]
         amount_s, sig_s = voucher_json.get("maxClaimableAmount"), voucher_json.get("signature")
         # The common shape, checked inline; anything unusual goes to the strict parser, which
         # names the field and the fix.
@@ -366,9 +382,9 @@ class Terms:
             return None
         if amount >= _U128 or len(signature) != 65:
             return None
-        return self._verified(config, cid, known[3], amount, signature, _VOUCHER_TYPEHASH + cid)
+        return self._verified(config, cid, cid_hex, amount, signature, prefix)
 
-    def _parse_strict(self, data: object, units: int) -> VerifiedPayment:
+    def _parse_strict(self, data: Any, units: int) -> VerifiedPayment:
         payment = PaymentPayload.from_json(data)
         self._check_accepted(payment.accepted, units)
         inner = payment.payload
@@ -387,8 +403,10 @@ class Terms:
         # a flood of them must cost a cache refill, not memory.
         if len(self._channels) >= _CHANNELS_LIMIT:
             self._channels.clear()
-        raw = data["payload"]  # type: ignore[index]
-        self._channels[raw["voucher"]["channelId"]] = (raw["channelConfig"], config, cid, cid_hex)
+        raw = data["payload"]  # a dict: PaymentPayload.from_json validated it
+        self._channels[raw["voucher"]["channelId"]] = (
+            raw["channelConfig"], config, cid, cid_hex, voucher_struct_prefix(cid),
+        )
         return VerifiedPayment(inner, cid, cid_hex, config, inner.voucher)
 
     def _check_accepted(self, accepted: PaymentRequirements, units: int) -> None:
@@ -406,10 +424,11 @@ class Terms:
         if accepted.extra.withdraw_delay != self.withdraw_delay:
             raise PaymentError(ErrorCode.WITHDRAW_DELAY_MISMATCH, field + "extra.withdrawDelay",
                                f"must be {self.withdraw_delay}")
-        if accepted.amount < units * self.price:
+        cost = self.price_of(units)
+        if accepted.amount < cost:
             raise PaymentError(
                 ErrorCode.CHARGE_EXCEEDS_SIGNED_CUMULATIVE, field + "amount",
-                f"this request costs {units * self.price} ({units} x {self.price}); "
+                f"this request costs {cost} ({units} x {self.price}); "
                 "take accepts[0] of this request's 402",
             )
 

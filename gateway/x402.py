@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from channels.protocol.errors import ErrorCode, PaymentError
+from channels.protocol import PAYMENT_SIGNATURE, ErrorCode, PaymentError
 from gateway.errors import api_error
 from gateway.keys import CAPS, CONFIG, DEADLINES, METRICS, PAYMENTS, STATE
 from gateway.uploads import UploadError, check_content_length
@@ -47,20 +47,11 @@ if TYPE_CHECKING:
     from gateway.payments import PaymentGate
 
 __all__ = [
-    "IDEMPOTENCY_KEY",
-    "PAYMENT_REQUIRED",
-    "PAYMENT_RESPONSE",
-    "PAYMENT_SIGNATURE",
     "Pricer",
     "client_address",
     "paid",
     "x402_middleware",
 ]
-
-PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
-PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
-PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
-IDEMPOTENCY_KEY = "Idempotency-Key"
 
 Pricer = Callable[[web.Request], Awaitable[int]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -110,7 +101,7 @@ def _channel_busy(gate: PaymentGate, units: int, request: web.Request) -> web.Re
     error = PaymentError(ErrorCode.CHANNEL_BUSY, "payload.voucher",
                          f"{gate.config.max_in_flight_per_channel} requests are in flight on "
                          "this channel; retry after Retry-After seconds")
-    return gate._reject(error, units, request)
+    return gate.reject(error, units, request)
 
 
 @web.middleware

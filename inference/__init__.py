@@ -1,12 +1,15 @@
 """The image classifier: preprocessing, the timm model, the dynamic batcher.
 
-    from inference import Classifier
+    from inference import Classifier, ImageClassifier
 
-    classifier = Classifier.load()                      # tf_efficientnet_lite0, bundled weights
+    classifier: ImageClassifier = Classifier.load()     # tf_efficientnet_lite0, bundled weights
     await classifier.start()                            # warms every batch-size bucket
     [top] = await classifier.classify([jpeg_bytes], top_k=3)
     print(top[0].label, top[0].probability, top[0].group, classifier.version.id)
     await classifier.close()
+
+``Classifier`` batches for a timm model; ``NullClassifier`` (``Classifier.null()``) answers
+one fixed prediction with no model. A server holds either as an ``ImageClassifier``.
 
 Errors carry the HTTP status to answer: ``ImageError`` (400/413/415/422) for the caller's
 image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``ClassifierClosed``
@@ -14,7 +17,7 @@ image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``Classifie
 """
 
 from inference._malloc import keep_freed_memory
-from inference.classifier import BatcherStats, BatchEvent, Classifier, NullClassifier
+from inference.classifier import Classifier
 from inference.errors import (
     AspectRatioTooLarge,
     ClassifierClosed,
@@ -30,8 +33,10 @@ from inference.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
+from inference.interface import BatcherStats, BatchEvent, ImageClassifier
 from inference.labels import ANIMAL_GROUP_RANGES, AnimalGroup, group_of, imagenet_labels
 from inference.model import DEFAULT_MODEL, LoadedModel, ModelVersion, load_model
+from inference.null_classifier import NullClassifier
 from inference.prediction import Prediction
 from inference.preprocess import (
     DEFAULT_LIMITS,
@@ -56,6 +61,7 @@ __all__ = [
     "CorruptImage",
     "DeadlineExceeded",
     "EmptyImage",
+    "ImageClassifier",
     "ImageError",
     "ImageInfo",
     "ImageLimits",

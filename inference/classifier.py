@@ -7,108 +7,70 @@
     classifier.version.hash_hex                     # names the weights in receipts
     await classifier.close()
 
-How a batch forms: requests are decoded in a small thread pool, then queued. The worker
-thread that owns the model takes everything queued (up to ``batch_cap``) at once when it was
-idle. When images had to wait for a batch in compute (load), the next batch gets up to
-``max_wait_us`` after that compute ends for more to join: clients just answered send their
-next image within that time, so batches stay full. The batch is padded to the next size bucket. Items
-whose deadline has passed are dropped before compute. Admission is bounded: more than
-``queue_size`` images admitted and not yet computed raise ``Overloaded`` at once.
+How a batch forms: requests are decoded in a small thread pool (``inference.decode_pool``),
+then queued. The worker thread that owns the model takes everything queued (up to
+``batch_cap``) at once when it was idle. When images had to wait for a batch in compute
+(load), the next batch gets up to ``max_wait_us`` after that compute ends for more to join:
+clients just answered send their next image within that time, so batches stay full. The
+batch is padded to the next size bucket. Items whose deadline has passed are dropped before
+compute. Admission is bounded: more than ``queue_size`` images admitted and not yet computed
+raise ``Overloaded`` at once. Those rules are pure functions in ``inference.batch_policy``;
+this module holds the thread, the condition variable and the tensors.
 
-Work for a request nobody waits for is dropped, not run on: a decode that waited for a
-thread past its request's deadline is not started (DeadlineExceeded), and the decodes of a
-request that failed or was cancelled (the gateway's deadline sweep cancels its task) are
-taken out of the pool's queue.
-
-``batch_cap``: warm-up times every bucket and caps batches at the smallest bucket within 5%
-of the best images/s. On a GPU that is usually ``max_batch``; on a 2-core CPU lite0 peaks
-near batch 8 and a batch of 32 runs at half the speed (its activations leave the caches),
-so serving larger batches there would only add latency and lose throughput.
+``batch_cap``: warm-up (``inference.warmup``) times every bucket and caps batches at the
+smallest bucket within 5% of the best images/s. On a GPU that is usually ``max_batch``; on a
+2-core CPU lite0 peaks near batch 8 and a batch of 32 runs at half the speed (its
+activations leave the caches), so larger batches there would only add latency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import dataclasses
-import hashlib
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from inference.batch_policy import (
+    admits,
+    choose_batch_cap,
+    ewma_rate,
+    fill_until,
+    keep_filling,
+    retry_after_s,
+    take_batch,
+)
 from inference.buckets import bucket_for, normalize_buckets
-from inference.errors import (
-    ClassifierClosed,
-    DeadlineExceeded,
-    EmptyImage,
-    ImageError,
-    ImageTooLarge,
-    Overloaded,
-)
-from inference.labels import AnimalGroup, group_of
+from inference.decode_pool import DecodePool
+from inference.errors import ClassifierClosed, DeadlineExceeded, EmptyImage, Overloaded
+from inference.interface import BatcherStats, BatchEvent
+from inference.labels import group_of
 from inference.model import DEFAULT_MODEL, LoadedModel, ModelVersion, cpu_threads, load_model
+from inference.null_classifier import NullClassifier
 from inference.prediction import Prediction
-from inference.preprocess import (
-    DEFAULT_LIMITS,
-    ImageInfo,
-    ImageLimits,
-    Preprocessor,
-    check_image,
-)
+from inference.preprocess import DEFAULT_LIMITS, ImageInfo, ImageLimits, Preprocessor
+from inference.warmup import time_buckets, warm_buffers
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchEvent", "BatcherStats", "Classifier"]
+__all__ = ["Classifier"]
 
-_CAP_TOLERANCE = 0.95  # batch_cap: the smallest bucket timed within 5% of the best images/s
+_T = TypeVar("_T")
 
 _QUEUED, _TAKEN, _GONE = 0, 1, 2
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchEvent:
-    """One computed batch, as told to batch listeners (metrics)."""
-
-    size: int            # real images in it
-    padded: int          # the bucket it ran at
-    compute_s: float     # forward pass + top-k, seconds
-    oldest_wait_s: float # how long its oldest image waited in the queue
-    expired: int         # images dropped for their deadline while forming it
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatcherStats:
-    """A snapshot of the batcher's counters since start."""
-
-    queued: int              # waiting for the worker now
-    admitted: int            # admitted and not yet computed (decoding + queued)
-    computing: int           # images in the forward pass now
-    queue_size: int
-    batches: int
-    images: int
-    padded_images: int       # rows computed including padding
-    expired: int             # dropped before compute: deadline passed
-    cancelled: int           # left the queue because the caller went away
-    overloaded: int          # images refused with Overloaded
-    images_per_second: float # recent compute throughput (EWMA), 0.0 before the first batch
-
-    @property
-    def mean_batch(self) -> float:
-        return self.images / self.batches if self.batches else 0.0
-
-
 @dataclasses.dataclass(eq=False, slots=True)
 class _Item:
-    tensor: Any
+    tensor: torch.Tensor
     top_k: int
     deadline: float | None
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    future: asyncio.Future[list[Prediction]]
     enqueued: float = 0.0
     state: int = _QUEUED
 
@@ -118,6 +80,7 @@ class Classifier:
 
     Build with ``Classifier.load(...)`` (a real timm model), ``Classifier.from_model(model)``
     or ``Classifier.null()`` (a fixed answer, no model: measures everything but inference).
+    Both satisfy ``inference.ImageClassifier``, the type a server holds.
     """
 
     def __init__(
@@ -159,11 +122,11 @@ class Classifier:
         self._free_since = 0.0
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._decoder: concurrent.futures.ThreadPoolExecutor | None = None
-        self._started: asyncio.Future | None = None
+        self._decoder: DecodePool | None = None
+        self._started: asyncio.Future[None] | None = None
         self._listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[BatchEvent], None]]] = []
-        self._buffers: dict[int, Any] = {}
-        self._counts = collections.Counter()
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._counts: collections.Counter[str] = collections.Counter()
         self._rate = 0.0
 
     # --- construction --------------------------------------------------------------------
@@ -184,7 +147,7 @@ class Classifier:
         compile: bool = False,
         decode_threads: int | None = None,
         auto_cap: bool = True,
-    ) -> Classifier:
+    ) -> Classifier | NullClassifier:
         """Load a timm model with real local weights (see ``load_model``) and wrap it.
 
         ``model="null"`` gives ``Classifier.null()``, so one config string picks either.
@@ -201,9 +164,9 @@ class Classifier:
         """Wrap an already loaded model (tests and benchmarks share one)."""
         return cls(model, **options)
 
-    @classmethod
-    def null(cls, *, limits: ImageLimits = DEFAULT_LIMITS,
-             prediction: Prediction | None = None) -> Classifier:
+    @staticmethod
+    def null(*, limits: ImageLimits = DEFAULT_LIMITS,
+             prediction: Prediction | None = None) -> NullClassifier:
         """A classifier that answers ``prediction`` at once for every image (no model, no
         decode); it still refuses empty and oversized bodies. For measuring the gateway."""
         return NullClassifier(limits=limits, prediction=prediction)
@@ -261,8 +224,7 @@ class Classifier:
         if self._started is None:
             loop = asyncio.get_running_loop()
             self._started = loop.create_future()
-            self._decoder = concurrent.futures.ThreadPoolExecutor(
-                self._decode_threads, thread_name_prefix="paychan-decode")
+            self._decoder = DecodePool(self.preprocessor, self._decode_threads, self._count)
             self._thread = threading.Thread(
                 target=self._run, args=(loop, self._started), name="paychan-model", daemon=True)
             self._thread.start()
@@ -276,7 +238,7 @@ class Classifier:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         if self._decoder is not None:
-            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder.shutdown()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -304,46 +266,12 @@ class Classifier:
         slots = len(images)
         try:
             assert self._decoder is not None
-            jobs = [self._decoder.submit(self._decode_by, data, deadline) for data in images]
-            try:
-                tensors = await _gather_images([asyncio.wrap_future(job) for job in jobs])
-            except BaseException:
-                self._drop_decodes(jobs)
-                raise
+            tensors = await self._decoder.decode(images, deadline)
             slots = 0  # _submit now owns them
             return await self._submit(tensors, top_k, deadline, admitted=True)
         finally:
             if slots:
                 self._release(slots)
-
-    def _decode_by(self, data: bytes, deadline: float | None) -> torch.Tensor:
-        """Preprocess one image in a pool thread, unless its deadline passed while it waited.
-
-            pool.submit(clf._decode_by, jpeg, time.monotonic() + 30.0)
-
-        The caller has been answered 503 by then (or is about to be): decoding would only
-        take a thread from requests that can still make it.
-        """
-        if deadline is not None and time.monotonic() >= deadline:
-            with self._cond:
-                self._counts["expired"] += 1
-            raise DeadlineExceeded("dropped before decoding: the deadline passed while the image "
-                                   "waited for a decode thread; retry with a later deadline or "
-                                   "at lower load", retry_after=1)
-        return self.preprocessor(data)
-
-    def _drop_decodes(self, jobs: list[concurrent.futures.Future]) -> None:
-        """Take a failed or cancelled request's decodes that have not started out of the pool.
-
-            self._drop_decodes(jobs)      # counted in stats().cancelled
-
-        ``Future.cancel`` succeeds only for a job still queued (a running decode cannot be
-        interrupted, and is bounded by the image limits).
-        """
-        dropped = sum(job.cancel() for job in jobs)  # True: queued, or already cancelled
-        if dropped:
-            with self._cond:
-                self._counts["cancelled"] += dropped
 
     async def classify_tensors(
         self, batch: torch.Tensor | Sequence[torch.Tensor], top_k: int = 5,
@@ -351,7 +279,7 @@ class Classifier:
     ) -> list[list[Prediction]]:
         """Like ``classify`` for preprocessed float tensors, (N, 3, H, W) or a list of (3, H, W)."""
         _check_top_k(top_k, len(self.labels))
-        tensors = list(batch)
+        tensors: list[torch.Tensor] = list(batch)
         if not tensors:
             raise ValueError("classify_tensors needs at least one tensor")
         for t in tensors:
@@ -370,15 +298,19 @@ class Classifier:
         if not self.ready:
             await self.start()
 
-    def _retry_after(self, extra: int) -> int:
-        rate = self._rate or 1.0
-        return max(1, math.ceil((self._admitted + extra) / rate))
+    def _count(self, name: str, n: int) -> None:
+        with self._cond:
+            self._counts[name] += n
+
+    def _count_refused(self, n: int) -> int:
+        """Count ``n`` images refused for a full queue; their Retry-After (under the lock)."""
+        self._counts["overloaded"] += n
+        return retry_after_s(self._admitted + n, self._rate)
 
     def _admit(self, n: int) -> None:
         with self._cond:
-            if self._admitted + n > self.queue_size:
-                self._counts["overloaded"] += n
-                retry = self._retry_after(n)
+            if not admits(self._admitted, n, self.queue_size):
+                retry = self._count_refused(n)
                 if n > self.queue_size:
                     raise Overloaded(retry, f"{n} images exceed the queue of {self.queue_size}; "
                                             "send fewer images per request")
@@ -389,7 +321,7 @@ class Classifier:
         with self._cond:
             self._admitted -= n
 
-    async def _submit(self, tensors: list[Any], top_k: int, deadline: float | None,
+    async def _submit(self, tensors: list[torch.Tensor], top_k: int, deadline: float | None,
                       *, admitted: bool) -> list[list[Prediction]]:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -407,9 +339,8 @@ class Classifier:
                     self._admitted -= len(items)
                 raise ClassifierClosed("the classifier is shutting down", retry_after=1)
             if not admitted:
-                if self._admitted + len(items) > self.queue_size:
-                    self._counts["overloaded"] += len(items)
-                    raise Overloaded(self._retry_after(len(items)))
+                if not admits(self._admitted, len(items), self.queue_size):
+                    raise Overloaded(self._count_refused(len(items)))
                 self._admitted += len(items)
             self._queue.extend(items)
             self._cond.notify()
@@ -435,13 +366,13 @@ class Classifier:
 
     # --- the worker thread -----------------------------------------------------------------
 
-    def _run(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[None]) -> None:
         try:
             self._warm_up()
         except BaseException as exc:  # noqa: BLE001  (start() re-raises it in the caller)
-            loop.call_soon_threadsafe(_settle, started, None, exc)
+            loop.call_soon_threadsafe(_fail, started, exc)
             return
-        loop.call_soon_threadsafe(_settle, started, None, None)
+        loop.call_soon_threadsafe(_resolve, started, None)
         while True:
             batch, expired, oldest = self._next_batch()
             if batch is None:
@@ -450,41 +381,12 @@ class Classifier:
                 self._compute(batch, expired, oldest)
 
     def _warm_up(self) -> None:
-        import torch
-
-        shape = self.input_shape
-        for size in self.buckets:
-            buffer = torch.zeros((size, *shape)).contiguous(memory_format=torch.channels_last)
-            if self.model.device.type == "cuda":
-                buffer = buffer.pin_memory()
-            self._buffers[size] = buffer
-            for _ in range(self._warmup_rounds):
-                self.model.top_k(buffer, 5)
+        """Warm every bucket; with ``auto_cap``, time them and choose ``batch_cap``."""
+        self._buffers = warm_buffers(self.model, self.buckets, self._warmup_rounds)
         if self._auto_cap and len(self.buckets) > 1:
-            self._choose_batch_cap()
-
-    def _choose_batch_cap(self) -> None:
-        """Time every bucket and cap batches at the smallest one within 5% of the best rate.
-
-        Each bucket's rate is its best of three calls: other processes only ever slow a call
-        down, so the fastest call is the least disturbed estimate. Among near-equal rates the
-        smaller bucket wins: it gives up at most 5% of throughput (as timed) and answers
-        sooner, while a bucket past the knee can lose far more than its timing promised
-        (lite0 on 2 cores: 209 images/s at batch 8, 199 at 16, 120 at 32; warm-up timings are
-        noisy enough that "the largest within 10%" picked 24).
-        """
-        def rate(size: int) -> float:
-            fastest = math.inf
-            for _ in range(3):
-                began = time.perf_counter()
-                self.model.top_k(self._buffers[size], 5)
-                fastest = min(fastest, time.perf_counter() - began)
-            return size / fastest
-
-        rates = {size: rate(size) for size in self.buckets}
-        best = max(rates.values())
-        self.batch_cap = min(size for size in self.buckets if rates[size] >= _CAP_TOLERANCE * best)
-        self.warmup_rates = {size: round(r, 2) for size, r in rates.items()}
+            rates = time_buckets(self.model, self._buffers)
+            self.batch_cap = choose_batch_cap(rates)
+            self.warmup_rates = {size: round(r, 2) for size, r in rates.items()}
 
     def _next_batch(self) -> tuple[list[_Item] | None, int, float]:
         """Block until a batch is due; (None, ...) once closing with nothing queued."""
@@ -495,38 +397,34 @@ class Classifier:
                     return None, 0, 0.0
                 was_idle = True
                 self._cond.wait()
-            if (not was_idle and self.max_wait_s > 0
-                    and self._queue[0].enqueued < self._free_since):
-                # Under load: let the batch fill for max_wait after the last compute ended.
-                due = self._free_since + self.max_wait_s
-                while self._queue and len(self._queue) < self.batch_cap and not self._closing:
-                    left = due - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+            due = fill_until(was_idle=was_idle, max_wait_s=self.max_wait_s,
+                             head_enqueued=self._queue[0].enqueued, free_since=self._free_since)
+            while True:
+                now = time.monotonic()
+                if not keep_filling(queued=len(self._queue), cap=self.batch_cap, now=now,
+                                    due=due, closing=self._closing):
+                    break
+                assert due is not None  # keep_filling is False without one
+                self._cond.wait(due - now)
             now = time.monotonic()
-            batch: list[_Item] = []
-            expired: list[_Item] = []
-            while self._queue and len(batch) < self.batch_cap:
-                item = self._queue.popleft()
-                self._admitted -= 1
-                if item.deadline is not None and now >= item.deadline:
-                    item.state = _GONE
-                    expired.append(item)
-                else:
-                    item.state = _TAKEN
-                    batch.append(item)
-            self._counts["expired"] += len(expired)
-            self._computing = len(batch)
-            oldest = now - batch[0].enqueued if batch else 0.0
-        for item in expired:
+            taken = take_batch(self._queue, self.batch_cap, now)
+            for _ in range(taken.count):
+                self._queue.popleft()
+            self._admitted -= taken.count
+            for item in taken.expired:
+                item.state = _GONE
+            for item in taken.batch:
+                item.state = _TAKEN
+            self._counts["expired"] += len(taken.expired)
+            self._computing = len(taken.batch)
+        for item in taken.expired:
             waited = now - item.enqueued
             item.loop.call_soon_threadsafe(
-                _settle, item.future, None,
+                _fail, item.future,
                 DeadlineExceeded(f"dropped before compute: the deadline passed after {waited:.3f} s "
                                  "in the queue; retry with a later deadline or at lower load",
                                  retry_after=1))
-        return batch, len(expired), oldest
+        return list(taken.batch), len(taken.expired), taken.oldest_wait_s(now)
 
     def _compute(self, batch: list[_Item], expired: int, oldest: float) -> None:
         size = len(batch)
@@ -543,13 +441,14 @@ class Classifier:
                 self._computing = 0
             self._free_since = time.monotonic()
             for item in batch:
-                item.loop.call_soon_threadsafe(_settle, item.future, None, exc)
+                item.loop.call_soon_threadsafe(_fail, item.future, exc)
             return
         elapsed = time.perf_counter() - began
         self._free_since = time.monotonic()  # before any caller can see a result and resubmit
         probs_l, indices_l = probs.tolist(), indices.tolist()
         labels = self.labels
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop,
+                      list[tuple[asyncio.Future[list[Prediction]], list[Prediction]]]] = {}
         for row, item in enumerate(batch):
             preds = [Prediction(labels[i], i, p, group_of(i))
                      for p, i in zip(probs_l[row][: item.top_k], indices_l[row][: item.top_k])]
@@ -559,95 +458,13 @@ class Classifier:
             self._counts["batches"] += 1
             self._counts["images"] += size
             self._counts["padded"] += padded
-            rate = size / elapsed if elapsed > 0 else 0.0
-            self._rate = rate if not self._rate else 0.8 * self._rate + 0.2 * rate
+            self._rate = ewma_rate(self._rate, size / elapsed if elapsed > 0 else 0.0)
         for loop, results in by_loop.items():
-            loop.call_soon_threadsafe(_settle_many, results)
+            loop.call_soon_threadsafe(_resolve_many, results)
         if self._listeners:
             event = BatchEvent(size, padded, elapsed, oldest, expired)
             for loop, listener in self._listeners:
                 loop.call_soon_threadsafe(listener, event)
-
-
-class NullClassifier(Classifier):
-    """The same interface with no model: one fixed prediction, at once."""
-
-    def __init__(self, *, limits: ImageLimits = DEFAULT_LIMITS,
-                 prediction: Prediction | None = None) -> None:
-        self.limits = limits
-        self.max_batch = self.queue_size = self.batch_cap = 1 << 30
-        self.warmup_rates = {}
-        self.max_wait_s = 0.0
-        self.buckets = (1,)
-        self._prediction = prediction or Prediction("tiger cat", 282, 1.0, AnimalGroup.CAT)
-        self._version = ModelVersion.of("null", hashlib.sha256(b"paychan null model").digest(),
-                                        "null")
-        self._closing = False
-        self._counts = collections.Counter()
-        self._cond = threading.Condition()
-
-    @property
-    def version(self) -> ModelVersion:
-        return self._version
-
-    @property
-    def labels(self) -> Sequence[str]:
-        return ("",) * 1000
-
-    @property
-    def device(self) -> str:
-        return "none"
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, 224, 224)
-
-    @property
-    def ready(self) -> bool:
-        return not self._closing
-
-    def stats(self) -> BatcherStats:
-        c = self._counts
-        return BatcherStats(queued=0, admitted=0, computing=0, queue_size=self.queue_size,
-                            batches=c["images"], images=c["images"], padded_images=c["images"],
-                            expired=0, cancelled=0, overloaded=0, images_per_second=0.0)
-
-    def add_batch_listener(self, listener: Callable[[BatchEvent], None]) -> None:
-        pass
-
-    def check(self, data: bytes) -> ImageInfo:
-        """Header-only validation; no model, so every limit but the resized size."""
-        return check_image(data, self.limits)
-
-    async def start(self) -> None:
-        if self._closing:
-            raise ClassifierClosed("the classifier was closed; create a new one")
-
-    async def close(self) -> None:
-        self._closing = True
-
-    async def classify(self, images: Sequence[bytes], top_k: int = 5,
-                       deadline: float | None = None) -> list[list[Prediction]]:
-        await self._ensure_started()
-        if not images:
-            raise EmptyImage("no images in the request; send at least one")
-        for index, data in enumerate(images):
-            if not data:
-                raise EmptyImage("the image is empty (0 bytes); send the image file",
-                                 index=index)
-            if len(data) > self.limits.max_bytes:
-                raise ImageTooLarge(f"the image is {len(data):,} bytes, above the limit of "
-                                    f"{self.limits.max_bytes:,}; resize or recompress it",
-                                    index=index)
-        self._counts["images"] += len(images)
-        return [[self._prediction] for _ in images]
-
-    async def classify_tensors(self, batch: Any, top_k: int = 5,
-                               deadline: float | None = None) -> list[list[Prediction]]:
-        await self._ensure_started()
-        n = len(batch)
-        self._counts["images"] += n
-        return [[self._prediction] for _ in range(n)]
 
 
 def _check_top_k(top_k: int, classes: int) -> None:
@@ -655,27 +472,19 @@ def _check_top_k(top_k: int, classes: int) -> None:
         raise ValueError(f"top_k={top_k}: must be between 1 and {classes}")
 
 
-async def _gather_images(decoding: list[asyncio.Future]) -> list[Any]:
-    """Await every decode; raise the first image's error naming its position."""
-    results = await asyncio.gather(*decoding, return_exceptions=True)
-    for index, result in enumerate(results):
-        if isinstance(result, ImageError):
-            raise result.at(index) if len(results) > 1 else result
-        if isinstance(result, BaseException):
-            raise result
-    return results
+# Futures are settled on their own loop (call_soon_threadsafe), where a cancelled or already
+# answered one is skipped: the caller may have gone away while the worker computed.
 
-
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
+def _resolve(future: asyncio.Future[_T], result: _T) -> None:
+    if not future.done():
         future.set_result(result)
 
 
-def _settle_many(results: list[tuple[asyncio.Future, Any]]) -> None:
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _resolve_many(results: list[tuple[asyncio.Future[_T], _T]]) -> None:
     for future, result in results:
-        if not future.done():
-            future.set_result(result)
+        _resolve(future, result)

@@ -26,8 +26,10 @@ class AnimalGroup(enum.StrEnum):
     INVERTEBRATE = "invertebrate"  # insects, spiders, crustaceans, molluscs, corals, ...
     NOT_ANIMAL = "not_animal"
 
+    # Shadows str.title() on purpose: a group's words for people are what callers print
+    # (gateway/cli/classify_local.py); title-casing a group's value has no use.
     @property
-    def title(self) -> str:
+    def title(self) -> str:  # type: ignore[override]
         """Words for people: ``AnimalGroup.INVERTEBRATE.title == "insect or other invertebrate"``."""
         return _TITLES[self]
 
@@ -84,7 +86,7 @@ def group_of(index: int) -> AnimalGroup:
 @functools.cache
 def imagenet_labels() -> tuple[str, ...]:
     """The 1000 short class names from timm's bundled ImageNet info ("tiger cat", ...)."""
-    from timm.data import ImageNetInfo
+    from timm.data.imagenet_info import ImageNetInfo
 
     info = ImageNetInfo()
     # timm's descriptions list synonyms ("tiger shark, Galeocerdo cuvieri"); the first is the name.

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from inference._malloc import keep_freed_memory
 from inference.labels import imagenet_labels
@@ -75,7 +75,7 @@ def cpu_threads() -> int:
 class LoadedModel:
     """A timm classifier in eval mode on its device, with what serving it needs."""
 
-    module: Any  # torch.nn.Module
+    module: torch.nn.Module  # compiled or not: torch.compile of a module is a module
     version: ModelVersion
     device: torch.device
     data_config: dict[str, Any]
@@ -84,7 +84,8 @@ class LoadedModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.data_config["input_size"])  # type: ignore[return-value]
+        channels, height, width = self.data_config["input_size"]
+        return (channels, height, width)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits (N, classes) on the model's device, float32."""
@@ -94,6 +95,7 @@ class LoadedModel:
             x = batch.to(self.device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
             )
+            out: torch.Tensor
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                     out = self.module(x)
@@ -141,7 +143,7 @@ def load_model(
     """
     import timm
     import torch
-    from timm.data import resolve_data_config
+    from timm.data.config import resolve_data_config
 
     target = _resolve_device(device)
     if target.type == "cpu":
@@ -166,12 +168,17 @@ def load_model(
     del state
 
     module.eval().requires_grad_(False)
-    module = module.to(target, memory_format=torch.channels_last)
+    # Module.to takes (device, memory_format=) at runtime; torch's stubs lack that overload.
+    module = module.to(target, memory_format=torch.channels_last)  # type: ignore[call-overload]
     autocast = torch.bfloat16 if target.type == "cuda" else None
-    if compile:
-        module = torch.compile(module, dynamic=False)
-
+    # Read from the module itself: a compiled one forwards these attributes to it anyway.
     num_classes = getattr(module, "num_classes", 1000)
+    # timm's resolve_data_config has no annotations.
+    data_config: dict[str, Any] = resolve_data_config(model=module)  # type: ignore[no-untyped-call]
+    if compile:
+        # torch.compile returns an OptimizedModule (an nn.Module) for a module; typed as a callable.
+        module = cast("torch.nn.Module", torch.compile(module, dynamic=False))
+
     if labels is None:
         labels = imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     if len(labels) != num_classes:
@@ -181,7 +188,7 @@ def load_model(
         module=module,
         version=ModelVersion.of(model, digest, str(path)),
         device=target,
-        data_config=resolve_data_config(model=module if not compile else module._orig_mod),
+        data_config=data_config,
         labels=tuple(labels),
         autocast_dtype=autocast,
     )

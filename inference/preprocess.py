@@ -245,14 +245,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale: Pillow's convert() clips at 255 (mostly white); scale instead.
         array = np.asarray(image, dtype=np.uint32 if mode == "I" else np.uint16)
-        top = 65535 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255
+        top: float = 65535 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255
         array = (array.astype(np.float32) * (255.0 / top)).round().clip(0, 255)
         return Image.fromarray(array.astype(np.uint8), "L").convert("RGB")
     if mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-        array = (array * (255.0 / top)).round().clip(0, 255)
-        return Image.fromarray(array.astype(np.uint8), "L").convert("RGB")
+        values = np.asarray(image, dtype=np.float32)
+        peak = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+        scaled = (values * (255.0 / peak)).round().clip(0, 255)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -274,7 +274,7 @@ class Preprocessor:
     """
 
     def __init__(self, data_config: dict[str, Any], limits: ImageLimits = DEFAULT_LIMITS) -> None:
-        from timm.data import create_transform
+        from timm.data.transforms_factory import create_transform
 
         self.data_config = dict(data_config)
         self.limits = limits
@@ -316,5 +316,6 @@ class Preprocessor:
             ) from None
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self._transform(self.decode(data))
+        tensor: torch.Tensor = self._transform(self.decode(data))
+        return tensor
 

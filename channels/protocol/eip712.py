@@ -17,15 +17,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # wire imports this module, so only the type names come back here
-    from .wire import ChannelConfig, Receipt
+if TYPE_CHECKING:  # the wire types import this module, so only the type names come back here
+    from .payloads import ChannelConfig
+    from .responses import Receipt
 
 try:  # safe-pysha3 (eth-hash's "pysha3" backend): ~1.5 µs per hash instead of ~11 µs
     from sha3 import keccak_256 as _keccak_256
 
     def keccak256(data: bytes) -> bytes:
         """keccak256(data) as 32 bytes: `keccak256(b"") .hex()[:8] == "c5d24601"`."""
-        return _keccak_256(data).digest()
+        digest: bytes = _keccak_256(data).digest()  # sha3 ships no types
+        return digest
 
 except ImportError:  # pragma: no cover - fallback keeps correctness when the C module is absent
     from Crypto.Hash import keccak as _pycryptodome_keccak
@@ -60,13 +62,18 @@ __all__ = [
     "erc3009_deposit_nonce",
     "hash_typed_data",
     "keccak256",
+    "merkle_parent",
+    "receipt_batch_digest",
     "receipt_digest",
     "receipt_hash",
+    "receipt_leaf",
     "receipt_root",
     "receive_with_authorization_digest",
     "refund_digest",
     "to_address",
     "voucher_digest",
+    "voucher_digest_with",
+    "voucher_struct_prefix",
 ]
 
 # --- type strings (exactly the contract's; x402 constants.py / x402BatchSettlement.sol) ---
@@ -222,14 +229,35 @@ def voucher_digest(
 
     >>> digest = voucher_digest(8453, CANONICAL_SETTLEMENT_ADDRESS, cid, 1_000)
     """
-    if len(channel_id) != 32:
-        raise ValueError(f"channel_id must be 32 bytes, got {len(channel_id)}")
     if not 0 <= max_claimable < _U128_LIMIT:
         raise ValueError(f"max_claimable must be a uint128, got {max_claimable}")
+    return voucher_digest_with(
+        domain_separator(chain_id, contract), voucher_struct_prefix(channel_id), max_claimable
+    )
+
+
+def voucher_struct_prefix(channel_id: bytes) -> bytes:
+    """The fixed head of a voucher's struct hash, ``VOUCHER_TYPEHASH ‖ channelId``: a server
+    keeps it per channel, so each later voucher costs one `voucher_digest_with`.
+
+    >>> prefix = voucher_struct_prefix(cid)          # 64 bytes
+    """
+    if len(channel_id) != 32:
+        raise ValueError(f"channel_id must be 32 bytes, got {len(channel_id)}")
+    return _VOUCHER_TYPEHASH + channel_id
+
+
+def voucher_digest_with(separator: bytes, struct_prefix: bytes, max_claimable: int) -> bytes:
+    """The voucher digest from a cached `domain_separator` and `voucher_struct_prefix`: the
+    one encoding of it (`voucher_digest` calls this too). The caller has checked that
+    `max_claimable` is a uint128; nothing is validated here (it runs on every paid request).
+
+    >>> voucher_digest_with(domain_separator(8453, settlement), prefix, 5_000) == \
+    ...     voucher_digest(8453, settlement, cid, 5_000)
+    True
+    """
     return keccak256(
-        b"\x19\x01"
-        + domain_separator(chain_id, contract)
-        + keccak256(_VOUCHER_TYPEHASH + channel_id + max_claimable.to_bytes(32, "big"))
+        b"\x19\x01" + separator + keccak256(struct_prefix + max_claimable.to_bytes(32, "big"))
     )
 
 
@@ -320,40 +348,90 @@ def receive_with_authorization_digest(
 
 def receipt_hash(receipt: Receipt) -> bytes:
     """EIP-712 ``hashStruct(Receipt)``: the receipt's leaf in a signed batch."""
+    return receipt_leaf(
+        receipt.channel_id,
+        receipt.request_digest,
+        receipt.result_digest,
+        receipt.model_version,
+        receipt.charged_amount,
+        receipt.cumulative_charged,
+    )
+
+
+def receipt_leaf(
+    channel_id: bytes,
+    request_digest: bytes,
+    result_digest: bytes,
+    model_version: bytes,
+    charged_amount: int,
+    cumulative_charged: int,
+) -> bytes:
+    """``hashStruct(Receipt)`` from its fields: the one encoding of a receipt's leaf, for a
+    signer that has the fields at hand and no `Receipt` (`receipt_hash` calls it too).
+
+    >>> leaf = receipt_leaf(cid, sha256(request).digest(), sha256(answer).digest(),
+    ...                     model_hash, 1_000, 5_000)
+    """
+    if (
+        len(channel_id) != 32
+        or len(request_digest) != 32
+        or len(result_digest) != 32
+        or len(model_version) != 32
+        or not 0 <= charged_amount < _U128_LIMIT
+        or not 0 <= cumulative_charged < _U128_LIMIT
+    ):  # off the common path: name the field that is wrong
+        _b32(channel_id, "channelId")
+        _b32(request_digest, "requestDigest")
+        _b32(result_digest, "resultDigest")
+        _b32(model_version, "modelVersion")
+        _uint(charged_amount, _U128_LIMIT, "chargedAmount")
+        _uint(cumulative_charged, _U128_LIMIT, "cumulativeCharged")
     return keccak256(
         _RECEIPT_TYPEHASH
-        + _b32(receipt.channel_id, "channelId")
-        + _b32(receipt.request_digest, "requestDigest")
-        + _b32(receipt.result_digest, "resultDigest")
-        + _b32(receipt.model_version, "modelVersion")
-        + _uint(receipt.charged_amount, _U128_LIMIT, "chargedAmount")
-        + _uint(receipt.cumulative_charged, _U128_LIMIT, "cumulativeCharged")
+        + channel_id
+        + request_digest
+        + result_digest
+        + model_version
+        + charged_amount.to_bytes(32, "big")
+        + cumulative_charged.to_bytes(32, "big")
     )
+
+
+def merkle_parent(a: bytes, b: bytes) -> bytes:
+    """One step up a receipt batch's Merkle tree: ``keccak256(min(a, b) ‖ max(a, b))``, as
+    OpenZeppelin's ``MerkleProof`` hashes a sorted pair."""
+    return keccak256(a + b if a < b else b + a)
 
 
 def receipt_root(leaf: bytes, proof: Sequence[bytes] = ()) -> bytes:
     """The Merkle root a receipt's ``proof`` leads to from its ``leaf``.
 
-    Each step hashes the sorted pair, ``keccak256(min(a, b) ‖ max(a, b))``, as OpenZeppelin's
-    ``MerkleProof.verify`` does, so a contract can check a receipt too. No proof: the root
-    is the leaf (a batch of one).
+    Each step is `merkle_parent`, so a contract can check a receipt with ``MerkleProof.verify``
+    too. No proof: the root is the leaf (a batch of one).
     """
     node = leaf
     for sibling in proof:
-        node = keccak256(node + sibling if node < sibling else sibling + node)
+        node = merkle_parent(node, sibling)
     return node
+
+
+def receipt_batch_digest(chain_id: int, contract: str | bytes, root: bytes) -> bytes:
+    """The digest the gateway signs for a batch of receipts: EIP-712 ``ReceiptBatch(bytes32
+    root)`` under {"paychan Receipt", "1", chainId, the settlement contract}.
+
+    >>> signature = signer.sign_digest(receipt_batch_digest(31337, settlement, root))
+    """
+    separator = domain_separator(chain_id, contract, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
+    return hash_typed_data(separator, keccak256(_RECEIPT_BATCH_TYPEHASH + root))
 
 
 def receipt_digest(
     chain_id: int, contract: str | bytes, receipt: Receipt, proof: Sequence[bytes] = ()
 ) -> bytes:
-    """The digest the gateway signs for a receipt: EIP-712 ``ReceiptBatch(bytes32 root)``
-    under {"paychan Receipt", "1", chainId, the settlement contract}, where ``root`` is
-    ``receipt_root(receipt_hash(receipt), proof)``. One signature covers every receipt of a
-    batch; each receipt carries its own proof.
+    """The digest a receipt's signature is over: `receipt_batch_digest` of the root its
+    ``proof`` leads to from ``receipt_hash(receipt)``. One signature covers every receipt of
+    a batch; each receipt carries its own proof.
 
         >>> receipt_digest(31337, settlement, receipt, proof)
     """
-    root = receipt_root(receipt_hash(receipt), proof)
-    separator = domain_separator(chain_id, contract, RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION)
-    return hash_typed_data(separator, keccak256(_RECEIPT_BATCH_TYPEHASH + root))
+    return receipt_batch_digest(chain_id, contract, receipt_root(receipt_hash(receipt), proof))

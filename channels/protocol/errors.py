@@ -95,5 +95,6 @@ class PaymentError(Exception):
         where = f" [{field}]" if field else ""
         super().__init__(f"{code}{where}: {message}")
 
-    def __reduce__(self):  # picklable across processes (the ledger runs in several)
+    def __reduce__(self) -> tuple[type[PaymentError], tuple[ErrorCode, str | None, str]]:
+        # picklable across processes (the ledger runs in several)
         return (type(self), (self.code, self.field, self.message))

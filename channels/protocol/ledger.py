@@ -33,7 +33,7 @@ Acceptance rules for a voucher ceiling C with `charged` K, reserved R and this r
   of its deadline (withdrawRequestedAt + withdrawDelay) -> CUMULATIVE_EXCEEDS_BALANCE.
 * ``len(reservations) >= policy.max_in_flight`` -> CHANNEL_BUSY.
 
-Invariants (tests/channels/test_ledger.py checks them under random interleavings):
+Invariants (tests/protocol/test_ledger.py checks them under random interleavings):
 
 * ``charged + reserved <= signed_max_claimable`` always, so ``charged <= signed_max_claimable``;
 * ``signed_max_claimable <= balance + deposit_amount`` holds when a voucher is accepted, so
@@ -49,30 +49,33 @@ Invariants (tests/channels/test_ledger.py checks them under random interleavings
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from operator import attrgetter
 
+from .chain_facts import (
+    ChainFact,
+    Claimed,
+    Deposited,
+    Refunded,
+    Synced,
+    WithdrawFinalized,
+    WithdrawInitiated,
+)
+from .channel_state import (
+    AcceptInput,
+    ChannelState,
+    Charge,
+    ClaimTarget,
+    LedgerPolicy,
+    Rejection,
+    Reservation,
+)
 from .errors import ErrorCode
-from .wire import ChannelConfig, ChannelStateSnapshot, VoucherStateSnapshot
+from .payloads import MIN_WITHDRAW_DELAY, ChannelConfig
 
 __all__ = [
-    "AcceptInput",
-    "ChainFact",
-    "ChannelState",
-    "Charge",
-    "ClaimTarget",
-    "Claimed",
-    "Deposited",
     "LedgerError",
-    "LedgerPolicy",
-    "PendingSpend",
-    "Refunded",
-    "Rejection",
-    "Reservation",
-    "Synced",
     "UnknownReservation",
-    "WithdrawFinalized",
-    "WithdrawInitiated",
     "accept",
     "apply_fact",
     "claim_target",
@@ -83,8 +86,6 @@ __all__ = [
     "with_config",
 ]
 
-MIN_WITHDRAW_DELAY = 900  # the contract's minimum: the earliest deadline a channel can have
-
 
 class LedgerError(ValueError):
     """A caller bug (not a payment problem): a bad amount or a duplicate request id."""
@@ -94,116 +95,8 @@ class UnknownReservation(LedgerError, KeyError):
     """commit() of a reservation that is not live: it expired, was released or committed."""
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerPolicy:
-    """Server-side knobs of the ledger.
-
-    >>> LedgerPolicy(reservation_timeout_s=120, withdraw_margin_s=300, max_in_flight=64)
-    """
-
-    reservation_timeout_s: float = 120.0
-    withdraw_margin_s: float = 300.0
-    max_in_flight: int = 64
-    spend_timeout_s: float = 900.0  # how long a refund in flight blocks the channel at most
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSpend:
-    """An on-chain transaction that takes money out of the channel (a cooperative refund) has
-    been decided and may be in flight. While it is live the channel accepts no voucher: the
-    amounts it was built from (`claim_total` claimed first, `amount` returned to the payer)
-    must not move under it, or the charges made meanwhile could never be claimed.
-
-    It ends when a chain fact shows `refundNonce > nonce` (the refund landed, whoever reports
-    it), when the gateway learns the transaction failed (`channels.protocol.spending.end_spend`), or at
-    `expires_at` (a crashed gateway's lock; by then the transaction was mined or dropped).
-    """
-
-    kind: str  # "refund"
-    nonce: int  # the refundNonce the transaction uses
-    claim_total: int  # totalClaimed it sets first (every charge so far)
-    amount: int  # what it returns to the payer
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A request in flight: `amount` (its price) is held until commit, release or expiry."""
-
-    request_id: str
-    channel_id: bytes
-    amount: int
-    ceiling: int
-    expires_at: float
-    deposit_amount: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelState:
-    """One channel as the server sees it (the spec's per-channel state + reservations)."""
-
-    channel_id: bytes
-    balance: int = 0
-    total_claimed: int = 0
-    withdraw_requested_at: int = 0
-    refund_nonce: int = 0
-    charged: int = 0  # chargedCumulativeAmount
-    signed_max_claimable: int = 0
-    signature: bytes = b""
-    reservations: tuple[Reservation, ...] = ()
-    unclaimed_since: float | None = None  # when the oldest charge not yet claimed was made
-    withdraw_delay: int = MIN_WITHDRAW_DELAY
-    config: ChannelConfig | None = None
-    withdraw_amount: int | None = None  # of the pending withdrawal; None: unknown (or none)
-    spend: PendingSpend | None = None  # a refund decided and maybe in flight (see PendingSpend)
-
-    def spending(self, now: float) -> bool:
-        """Whether a refund of this channel is being submitted on chain at `now`."""
-        return self.spend is not None and self.spend.expires_at > now
-
-    @property
-    def reserved(self) -> int:
-        return sum(map(_AMOUNT, self.reservations))
-
-    @property
-    def claimable(self) -> int:
-        """What a claim can still bring on chain: charged, capped by the balance."""
-        return min(self.charged, self.balance)
-
-    @property
-    def unclaimed(self) -> int:
-        return max(0, self.claimable - self.total_claimed)
-
-    @property
-    def withdraw_deadline(self) -> int | None:
-        """Chain time after which the payer can finalize the withdrawal (None: none pending)."""
-        if not self.withdraw_requested_at:
-            return None
-        return self.withdraw_requested_at + self.withdraw_delay
-
-    @property
-    def channel_state(self) -> ChannelStateSnapshot:
-        """`extra.channelState` (with chargedCumulativeAmount) for 402s and PAYMENT-RESPONSE."""
-        return ChannelStateSnapshot(
-            self.channel_id,
-            self.balance,
-            self.total_claimed,
-            self.withdraw_requested_at,
-            self.refund_nonce,
-            self.charged,
-        )
-
-    @property
-    def voucher_state(self) -> VoucherStateSnapshot | None:
-        """`extra.voucherState`: the highest voucher the payer signed (None before the first)."""
-        if not self.signature:
-            return None
-        return VoucherStateSnapshot(self.signed_max_claimable, self.signature)
-
-
 # The per-request transitions (accept, commit, release) scan a channel's reservations (dozens
 # when a client keeps many requests in flight) through these C-level getters, not genexprs.
-_AMOUNT = attrgetter("amount")
 _EXPIRES_AT = attrgetter("expires_at")
 _REQUEST_ID = attrgetter("request_id")
 
@@ -233,122 +126,6 @@ def _evolve(
         s.withdraw_amount, s.spend,
     )
 
-
-@dataclass(frozen=True, slots=True)
-class AcceptInput:
-    """A verified voucher (signature already checked) asking to reserve `price`.
-
-    `deposit_amount` > 0 for a deposit payload whose deposit is not on chain yet; `config`
-    lets a new channel record keep its ChannelConfig (payer, withdrawDelay, ...).
-    """
-
-    channel_id: bytes
-    ceiling: int
-    signature: bytes
-    price: int
-    request_id: str
-    now: float
-    deposit_amount: int = 0
-    config: ChannelConfig | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Why a voucher was refused: the spec's `code`, a message, and the channel as it stands."""
-
-    code: ErrorCode
-    message: str
-    state: ChannelState | None = None
-
-    @property
-    def channel_state(self) -> ChannelStateSnapshot | None:
-        return self.state.channel_state if self.state is not None else None
-
-    @property
-    def voucher_state(self) -> VoucherStateSnapshot | None:
-        return self.state.voucher_state if self.state is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """The effect of commit: `amount` charged now, `cumulative` = chargedCumulativeAmount after."""
-
-    request_id: str
-    channel_id: bytes
-    amount: int
-    cumulative: int
-    channel_state: ChannelStateSnapshot  # after the charge: PAYMENT-RESPONSE extra.channelState
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimTarget:
-    """What the settler claims for one channel: a ClaimEntry(channel_id, max_claimable,
-    total_claimed) signed by the payer's `signature` over `max_claimable`."""
-
-    channel_id: bytes
-    config: ChannelConfig | None
-    max_claimable: int
-    signature: bytes
-    total_claimed: int  # the new on-chain totalClaimed to submit (= claimable)
-    unclaimed: int  # total_claimed - on-chain totalClaimed now
-    unclaimed_since: float | None
-    withdraw_deadline: int | None
-
-
-# --- chain facts: each carries the ABSOLUTE post-event value, so applying one twice is a no-op
-
-
-@dataclass(frozen=True, slots=True)
-class Deposited:
-    """`Deposited(channelId, sender, amount, newBalance)`: the balance is now `new_balance`."""
-
-    new_balance: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """`Claimed(channelId, sender, claimAmount, newTotalClaimed)`."""
-
-    new_total_claimed: int
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawInitiated:
-    """`WithdrawInitiated(channelId, amount, finalizeAfter)`: `requested_at` = the block time
-    (finalizeAfter - withdrawDelay); `amount` None when unknown (the ledger then assumes all)."""
-
-    requested_at: int
-    amount: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawFinalized:
-    """`WithdrawFinalized`: the balance after it (read `channels(id)` or subtract the amount)."""
-
-    new_balance: int
-
-
-@dataclass(frozen=True, slots=True)
-class Refunded:
-    """A refund landed: the balance and refundNonce after it (spec: mirror the snapshot)."""
-
-    new_balance: int
-    refund_nonce: int
-    withdraw_requested_at: int | None = None  # None: leave a pending withdrawal as it is
-
-
-@dataclass(frozen=True, slots=True)
-class Synced:
-    """A full on-chain snapshot of `channels(id)` (cold start, facilitator answers)."""
-
-    balance: int
-    total_claimed: int
-    withdraw_requested_at: int = 0
-    refund_nonce: int = 0
-    withdraw_amount: int | None = None  # pendingWithdrawals(id).amount when read
-
-
-ChainFact = Deposited | Claimed | WithdrawInitiated | WithdrawFinalized | Refunded | Synced
 
 
 # --- transitions ------------------------------------------------------------------------------

@@ -13,22 +13,17 @@ step, run by the store like any other transition::
     >>> st = apply_fact(st, Synced(...))          # refundNonce > plan.nonce: the lock ends
     >>> st, _ = end_spend(st, plan.nonce)         # or: the transaction failed, release it
 
-`ChannelState.spend` holds the lock (see `channels.protocol.ledger.PendingSpend` for how it ends).
+`ChannelState.spend` holds the lock (see `channels.protocol.channel_state.PendingSpend` for how it ends).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .channel_state import ChannelState, LedgerPolicy, PendingSpend, Rejection
 from .errors import ErrorCode
-from .ledger import (
-    ChannelState,
-    LedgerPolicy,
-    PendingSpend,
-    Rejection,
-    expire,
-)
-from .wire import ChannelConfig
+from .ledger import expire
+from .payloads import ChannelConfig
 
 __all__ = ["RefundPlan", "begin_refund", "end_spend"]
 

@@ -30,7 +30,9 @@ from .eip712 import (
     voucher_digest,
 )
 from .errors import ErrorCode, PaymentError
-from .wire import ChannelConfig, DepositPayload, PaymentRequirements, SignedReceipt, Voucher
+from .offers import PaymentRequirements
+from .payloads import ChannelConfig, DepositPayload, Voucher
+from .responses import SignedReceipt
 
 __all__ = [
     "recover_address",

@@ -1,9 +1,6 @@
-"""Chain access for the provider: read channels, send journaled transactions (web3 AsyncWeb3).
-
-One provider key signs everything (deposits relayed for payers, claims, settles, refunds).
-Each transaction is estimated (with headroom), signed, recorded in the `TxJournal` BEFORE it
-is broadcast, then followed to its receipt: fees are bumped when it sits unmined, RPC
-failures are retried with backoff, and a receipt with status 0 raises `TxReverted`::
+"""Chain access for the provider: read the settlement contract, build its calldata, and send
+its transactions (deposits relayed for payers, claims, settles, refunds) through one
+journaled `TxSender` (channels/provider/transactions.py)::
 
     chain = ChainClient(w3, provider_key, journal=TxJournal(store),
                         settlement=dep.settlement, collector=dep.collector)
@@ -12,68 +9,47 @@ failures are retried with backoff, and a receipt with status 0 raises `TxReverte
     result = await chain.deposit(deposit_payload)          # TxResult(tx_hash, receipt, ...)
     result = await chain.claim(rows, authorizer_signature) # claimWithSignature
     result = await chain.settle(receiver, token)
-
-Nonces are reserved by creating the journal entry atomically (`kv_cas`), so several gateway
-processes sharing one Redis store never hand out the same nonce.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
-import aiohttp
-from eth_abi import encode as abi_encode
-from eth_account import Account
+from eth_abi.abi import encode as abi_encode
+from eth_typing import ChecksumAddress, HexStr
+from eth_utils.address import to_checksum_address
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound
 
-from ..protocol.eip712 import (
+from channels.protocol import (
     CANONICAL_ERC3009_COLLECTOR_ADDRESS,
     CANONICAL_SETTLEMENT_ADDRESS,
+    ChannelConfig,
+    ChannelStateSnapshot,
+    ClaimRow,
+    DepositPayload,
+    Synced,
+    channel_id,
     checksum_address,
     keccak256,
 )
-from ..protocol.ledger import Synced
-from .txjournal import DROPPED, MINED, REVERTED, Attempt, JournalEntry, TxJournal
-from ..protocol.wire import ChannelConfig, ChannelStateSnapshot, DepositPayload
 
-__all__ = [
-    "ChainClient",
-    "ClaimRow",
-    "OnChainChannel",
-    "SimulationFailed",
-    "TxFailed",
-    "TxPolicy",
-    "TxResult",
-    "TxReverted",
-    "TxTimeout",
-    "config_tuple",
-    "is_transport_error",
-    "settlement_abi",
-]
+from .transactions import TxFailed, TxPolicy, TxResult, TxSender
+from .txjournal import JournalEntry, TxJournal
 
-log = logging.getLogger("paychan.chain")
+__all__ = ["ChainClient", "OnChainChannel", "config_tuple", "settlement_abi"]
+
 T = TypeVar("T")
-
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConnectionError)
-
-
-def is_transport_error(exc: BaseException) -> bool:
-    """True when `exc` says the node could not be reached (retry), not that it refused."""
-    return isinstance(exc, _TRANSPORT_ERRORS)
 
 
 def settlement_abi() -> list[dict[str, Any]]:
     """The BatchSettlement ABI (ABI-identical to the canonical x402 contract)."""
     from contracts import artifact  # the committed build; contracts imports nothing of ours
 
-    return artifact("BatchSettlement")["abi"]
+    abi: list[dict[str, Any]] = artifact("BatchSettlement")["abi"]
+    return abi
 
 
 def _error_selectors(abi: list[dict[str, Any]]) -> dict[str, str]:
@@ -84,68 +60,6 @@ def _error_selectors(abi: list[dict[str, Any]]) -> dict[str, str]:
             out["0x" + keccak256(sig.encode())[:4].hex()] = item["name"]
     return out
 
-
-# --------------------------------------------------------------------------- results & errors
-
-
-_RECEIPT_LAG_POLLS = 8  # x TxPolicy.poll_s: ~2 s by default
-
-
-class TxFailed(RuntimeError):
-    """A transaction did not do what it was sent for; `.kind` names it, `.reason` says why."""
-
-    def __init__(
-        self, kind: str, reason: str, *, receipt: Any = None, entry: JournalEntry | None = None
-    ) -> None:
-        super().__init__(f"{kind}: {reason}")
-        self.kind, self.reason, self.receipt, self.entry = kind, reason, receipt, entry
-
-
-class SimulationFailed(TxFailed):
-    """The node's gas estimate reverted: nothing was signed or sent. `.reason` is the
-    contract's custom error name when it has one (e.g. "ClaimExceedsBalance")."""
-
-
-class TxReverted(TxFailed):
-    """Mined with status 0 (the journal entry is closed as "reverted")."""
-
-
-class TxTimeout(TxFailed):
-    """No receipt within `TxPolicy.receipt_timeout_s`; the entry stays pending in the journal
-    and `ChainClient.recover()` (or a later wait) finishes it."""
-
-
-@dataclass(frozen=True, slots=True)
-class TxResult:
-    """A mined, successful transaction."""
-
-    tx_hash: str
-    receipt: Any
-    entry: JournalEntry
-
-    @property
-    def gas_used(self) -> int:
-        return int(self.receipt["gasUsed"])
-
-    @property
-    def block_number(self) -> int:
-        return int(self.receipt["blockNumber"])
-
-
-@dataclass(frozen=True, slots=True)
-class TxPolicy:
-    """How transactions are priced, bumped and retried (defaults suit a public L2 and anvil)."""
-
-    gas_headroom: float = 1.25  # estimate x headroom + gas_extra
-    gas_extra: int = 10_000
-    priority_fee: int | None = None  # wei; None: eth_maxPriorityFeePerGas, else 1 gwei
-    bump_after_s: float = 30.0  # unmined this long: re-sign the same nonce with higher fees
-    bump_factor: float = 1.125  # nodes need >= +10% on both fee fields to replace
-    max_fee_cap: int | None = None  # never bid more than this maxFeePerGas (wei)
-    receipt_timeout_s: float = 600.0
-    poll_s: float = 0.25
-    backoff_s: float = 0.25  # first retry delay after an RPC failure; doubles up to backoff_max_s
-    backoff_max_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +99,6 @@ class OnChainChannel:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimRow:
-    """One `VoucherClaim`: the payer's voucher (ceiling + signature) and the new totalClaimed."""
-
-    config: ChannelConfig
-    max_claimable: int
-    signature: bytes
-    total_claimed: int
-
 
 def config_tuple(config: ChannelConfig) -> tuple[Any, ...]:
     """A ChannelConfig as the contract's ABI tuple."""
@@ -212,13 +117,8 @@ def _hex(b: bytes | str) -> str:
     return b if isinstance(b, str) else "0x" + bytes(b).hex()
 
 
+
 # --------------------------------------------------------------------------- the client
-
-
-@dataclass(slots=True)
-class _Nonces:
-    hint: int | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ChainClient:
@@ -231,7 +131,7 @@ class ChainClient:
 
     def __init__(
         self,
-        w3: AsyncWeb3,
+        w3: AsyncWeb3[Any],
         key: str,
         *,
         journal: TxJournal,
@@ -240,52 +140,36 @@ class ChainClient:
         policy: TxPolicy | None = None,
     ) -> None:
         self.w3 = w3
-        self._account = Account.from_key(key)
-        self.address: str = self._account.address
-        self.journal = journal
-        self.policy = policy or TxPolicy()
-        self.settlement_address = checksum_address(settlement)
+        self.settlement_address: ChecksumAddress = to_checksum_address(settlement)
         self.collector_address = checksum_address(collector)
         abi = settlement_abi()
         self.settlement = w3.eth.contract(address=self.settlement_address, abi=abi)
         self._errors = _error_selectors(abi)
-        self._nonces = _Nonces()
-        self._chain_id: int | None = None
-        self._send_lock = asyncio.Lock()  # one signer: sign + journal + broadcast in order
-        self.rpc_failures = 0  # transport failures retried so far (outages show here)
+        self._tx = TxSender(
+            w3, key, journal=journal, policy=policy or TxPolicy(), revert_reason=self.revert_reason
+        )
+        self.address: str = self._tx.address
+        self.journal = journal
+        self.policy = self._tx.policy
 
     # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def rpc_failures(self) -> int:
+        """Transport failures retried so far (outages show here)."""
+        return self._tx.rpc_failures
 
     async def rpc(
         self, call: Callable[[], Awaitable[T]], *, what: str, deadline_s: float | None = None
     ) -> T:
-        """Run an RPC call, retrying transport failures with exponential backoff (with jitter)
-        until `deadline_s` (default: the receipt timeout) has passed."""
-        deadline = time.monotonic() + (
-            deadline_s if deadline_s is not None else self.policy.receipt_timeout_s
-        )
-        delay = self.policy.backoff_s
-        while True:
-            try:
-                return await call()
-            except Exception as exc:
-                if not is_transport_error(exc) or time.monotonic() + delay > deadline:
-                    raise
-                self.rpc_failures += 1
-                log.warning(
-                    "%s: node unreachable (%s: %s); retrying in %.2fs",
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay * (0.75 + random.random() / 2))
-                delay = min(delay * 2, self.policy.backoff_max_s)
+        """Run an RPC call, retrying transport failures with backoff (see `TxSender.rpc`).
+
+            block = await chain.rpc(lambda: chain.w3.eth.get_block("latest"), what="block")
+        """
+        return await self._tx.rpc(call, what=what, deadline_s=deadline_s)
 
     async def chain_id(self) -> int:
-        if self._chain_id is None:
-            self._chain_id = int(await self.rpc(lambda: self.w3.eth.chain_id, what="eth_chainId"))
-        return self._chain_id
+        return await self._tx.chain_id()
 
     async def block_number(self) -> int:
         return int(await self.rpc(lambda: self.w3.eth.block_number, what="eth_blockNumber"))
@@ -308,24 +192,28 @@ class ChainClient:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def read_channel(self, channel_id: bytes, block: int | str = "latest") -> OnChainChannel:
-        """The channel's on-chain state (three eth_calls at one block)."""
+    async def read_channel(
+        self, channel_id: bytes, block: int | Literal["latest"] = "latest"
+    ) -> OnChainChannel:
+        """The channel's on-chain state (three eth_calls at one block).
+
+            state = await chain.read_channel(cid, result.block_number)   # or the latest block
+        """
         fns = self.settlement.functions
-        if block == "latest":
-            block = await self.block_number()
+        at = await self.block_number() if block == "latest" else block
 
         async def read() -> tuple[Any, Any, Any]:
             return await asyncio.gather(
-                fns.channels(channel_id).call(block_identifier=block),
-                fns.pendingWithdrawals(channel_id).call(block_identifier=block),
-                fns.refundNonce(channel_id).call(block_identifier=block),
+                fns.channels(channel_id).call(block_identifier=at),
+                fns.pendingWithdrawals(channel_id).call(block_identifier=at),
+                fns.refundNonce(channel_id).call(block_identifier=at),
             )
 
         (balance, claimed), (w_amount, w_at), nonce = await self.rpc(
             read, what="read channel", deadline_s=60
         )
         return OnChainChannel(
-            channel_id, int(balance), int(claimed), int(w_amount), int(w_at), int(nonce), int(block)
+            channel_id, int(balance), int(claimed), int(w_amount), int(w_at), int(nonce), at
         )
 
     async def receiver_totals(self, receiver: str, token: str) -> tuple[int, int]:
@@ -337,9 +225,9 @@ class ChainClient:
         return int(claimed), int(settled)
 
     async def token_balance(self, token: str, account: str) -> int:
-        data = "0x70a08231" + bytes(12).hex() + checksum_address(account)[2:].lower()
+        data = HexStr("0x70a08231" + bytes(12).hex() + checksum_address(account)[2:].lower())
         raw = await self.rpc(
-            lambda: self.w3.eth.call({"to": checksum_address(token), "data": data}),
+            lambda: self.w3.eth.call({"to": to_checksum_address(token), "data": data}),
             what="balanceOf",
             deadline_s=60,
         )
@@ -403,11 +291,9 @@ class ChainClient:
         """`claimWithSignature(rows, sig)`: rows share one receiverAuthorizer, who signed ClaimBatch."""
         if not rows:
             raise ValueError("claim: rows is empty; pass at least one ClaimRow")
-        from ..protocol.eip712 import channel_id as _cid
-
         cid = await self.chain_id()
         channels_meta = [
-            [_hex(_cid(r.config, cid, self.settlement_address)), str(r.total_claimed)] for r in rows
+            [_hex(channel_id(r.config, cid, self.settlement_address)), str(r.total_claimed)] for r in rows
         ]
         return await self.transact(
             "claim",
@@ -450,305 +336,23 @@ class ChainClient:
         gas: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> TxResult:
-        """Estimate, sign, journal, send and follow one transaction to a successful receipt.
+        """Estimate, sign, journal, send and follow one transaction (to the settlement
+        contract unless `to`) to a successful receipt; see `TxSender.transact`.
 
-        Raises SimulationFailed (estimate reverted: nothing sent), TxReverted (status 0),
-        TxTimeout (still pending after receipt_timeout_s; the journal keeps it).
+            result = await chain.transact("settle", chain.settle_calldata(receiver, token))
         """
-        to = checksum_address(to or self.settlement_address)
-        tx: dict[str, Any] = {"from": self.address, "to": to, "data": _hex(data), "value": 0}
-        if gas is None:
-            try:
-                estimate = await self.rpc(
-                    lambda: self.w3.eth.estimate_gas(tx), what=f"estimate {kind}", deadline_s=60
-                )
-            except Exception as exc:
-                if is_transport_error(exc):
-                    raise
-                raise SimulationFailed(kind, self.revert_reason(exc)) from None
-            gas = int(estimate * self.policy.gas_headroom) + self.policy.gas_extra
-        entry = await self._sign_and_send(kind, tx, gas, meta or {})
-        return await self.wait(entry)
-
-    # --- signing, journaling, broadcasting ---------------------------------------------------
-
-    async def _fees(self, floor: tuple[int, int] | None = None) -> tuple[int, int]:
-        """(maxFeePerGas, maxPriorityFeePerGas); above `floor` x bump_factor when replacing."""
-        block = await self.rpc(
-            lambda: self.w3.eth.get_block("latest"), what="latest block", deadline_s=60
+        return await self._tx.transact(
+            kind, data, to=to or self.settlement_address, gas=gas, meta=meta
         )
-        base = int(block.get("baseFeePerGas") or 0)
-        prio = self.policy.priority_fee
-        if prio is None:
-            try:
-                prio = int(await self.w3.eth.max_priority_fee)
-            except Exception:  # noqa: BLE001 - nodes without eth_maxPriorityFeePerGas: a modest 1 gwei tip
-                prio = 10**9
-        max_fee = 2 * base + prio
-        if floor is not None:
-            f = self.policy.bump_factor
-            prio = max(prio, int(floor[1] * f) + 1)
-            max_fee = max(max_fee, int(floor[0] * f) + 1, prio)
-        if self.policy.max_fee_cap is not None:
-            max_fee = min(max_fee, self.policy.max_fee_cap)
-            prio = min(prio, max_fee)
-        return max_fee, prio
-
-    def _sign(
-        self, tx: dict[str, Any], nonce: int, gas: int, fees: tuple[int, int], chain_id: int
-    ) -> Attempt:
-        body = {
-            **tx,
-            "nonce": nonce,
-            "gas": gas,
-            "chainId": chain_id,
-            "maxFeePerGas": fees[0],
-            "maxPriorityFeePerGas": fees[1],
-            "type": 2,
-        }
-        signed = self._account.sign_transaction(body)
-        return Attempt(
-            _hex(signed.hash), _hex(signed.raw_transaction), fees[0], fees[1], time.time()
-        )
-
-    async def _reserve_nonce(self, entry_for: Callable[[int], JournalEntry]) -> JournalEntry:
-        """Create the journal entry at the lowest free nonce (atomic across processes)."""
-        kv = self.journal.kv
-        async with self._nonces.lock:
-            if self._nonces.hint is None:
-                self._nonces.hint = await self._chain_nonce("pending")
-            nonce = self._nonces.hint
-            while True:
-                entry = entry_for(nonce)
-                cas = getattr(kv, "kv_cas", None)
-                if cas is not None:
-                    ok = await cas(self.journal.namespace, entry.key, None, entry.to_bytes())
-                else:  # a plain key/value: this process is the only sender
-                    ok = await kv.kv_get(self.journal.namespace, entry.key) is None
-                    if ok:
-                        await self.journal.put(entry)
-                if ok:
-                    self._nonces.hint = nonce + 1
-                    return entry
-                nonce += 1
-
-    async def _chain_nonce(self, block: str) -> int:
-        return int(
-            await self.rpc(
-                lambda: self.w3.eth.get_transaction_count(self.address, block),
-                what="eth_getTransactionCount",
-            )
-        )
-
-    async def _sign_and_send(
-        self, kind: str, tx: dict[str, Any], gas: int, meta: dict[str, Any]
-    ) -> JournalEntry:
-        chain_id = await self.chain_id()
-        for _ in range(5):  # "nonce too low": someone else used it; take the next one
-            fees = await self._fees()
-            async with self._send_lock:
-                entry = await self._reserve_nonce(
-                    lambda n: JournalEntry.new(
-                        self.address, n, kind, {**meta, "to": tx["to"], "gas": gas}
-                    )
-                )
-                attempt = self._sign(tx, entry.nonce, gas, fees, chain_id)
-                entry = entry.with_attempt(attempt)
-                await self.journal.put(entry)  # durable BEFORE the node sees it
-                try:
-                    await self._broadcast(attempt)
-                except _NonceUsed:
-                    await self.journal.put(entry.finished(DROPPED))
-                    self._nonces.hint = await self._chain_nonce("pending")
-                    continue
-                log.info("%s sent: %s (nonce %d, gas %d)", kind, attempt.tx_hash, entry.nonce, gas)
-                return entry
-        raise TxFailed(
-            kind,
-            "the sending key's nonce keeps being taken by another sender; "
-            "give the gateway a key nothing else uses",
-        )
-
-    async def _broadcast(self, attempt: Attempt) -> None:
-        """Send the signed bytes; "already known" counts as sent."""
-        raw = bytes.fromhex(attempt.raw[2:])
-        try:
-            await self.rpc(
-                lambda: self.w3.eth.send_raw_transaction(raw),
-                what="eth_sendRawTransaction",
-                deadline_s=self.policy.receipt_timeout_s,
-            )
-        except Exception as exc:
-            if is_transport_error(exc):
-                raise
-            msg = str(exc).lower()
-            if (
-                "already known" in msg
-                or "known transaction" in msg
-                or "already imported" in msg
-                or "already exists" in msg
-            ):
-                return
-            if "nonce too low" in msg or "nonce is too low" in msg or "invalid nonce" in msg:
-                raise _NonceUsed(str(exc)) from None
-            if "underpriced" in msg:  # a replacement the pool refuses: the earlier attempt stays
-                log.warning(
-                    "replacement %s refused (%s); keeping the earlier attempt", attempt.tx_hash, exc
-                )
-                return
-            raise
-
-    # --- receipts, bumping, recovery ---------------------------------------------------------
-
-    async def _receipt(self, tx_hash: str) -> Any | None:
-        try:
-            return await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            return None
 
     async def wait(self, entry: JournalEntry, *, timeout_s: float | None = None) -> TxResult:
         """Follow a journaled transaction to its receipt (bumping fees while it sits unmined)."""
-        deadline = time.monotonic() + (
-            timeout_s if timeout_s is not None else self.policy.receipt_timeout_s
-        )
-        last_sent = time.monotonic()
-        delay = self.policy.poll_s
-        while True:
-            try:
-                for h in reversed(entry.hashes):
-                    receipt = await self._receipt(h)
-                    if receipt is not None:
-                        return await self._finish(entry, h, receipt)
-                if not entry.hashes:
-                    raise TxFailed(entry.kind, "journal entry has no signed attempt")
-                # Nothing mined: is the nonce used by something that is not ours?
-                if await self._chain_nonce("latest") > entry.nonce:
-                    # Receipts can lag the nonce on some nodes (anvil under load): before calling
-                    # a mined transaction dropped, give its receipt a few polls to appear.
-                    for _ in range(_RECEIPT_LAG_POLLS):
-                        await asyncio.sleep(self.policy.poll_s)
-                        for h in reversed(entry.hashes):
-                            receipt = await self._receipt(h)
-                            if receipt is not None:
-                                return await self._finish(entry, h, receipt)
-                    await self.journal.put(entry.finished(DROPPED))
-                    raise TxFailed(
-                        entry.kind,
-                        f"nonce {entry.nonce} was used by a transaction not in the journal",
-                        entry=entry,
-                    )
-                if time.monotonic() - last_sent >= self.policy.bump_after_s:
-                    entry = await self._bump(entry)
-                    last_sent = time.monotonic()
-                delay = self.policy.poll_s
-            except Exception as exc:
-                if not is_transport_error(exc):
-                    raise
-                log.warning(
-                    "waiting for %s %s: node unreachable (%s); retrying",
-                    entry.kind,
-                    entry.hashes[-1] if entry.hashes else "?",
-                    exc,
-                )
-                delay = min(max(delay * 2, self.policy.backoff_s), self.policy.backoff_max_s)
-                # The node may have restarted without its mempool: resend the same bytes once it answers.
-                last_sent = min(last_sent, time.monotonic() - self.policy.bump_after_s / 2)
-            if time.monotonic() >= deadline:
-                raise TxTimeout(
-                    entry.kind,
-                    f"no receipt for {entry.hashes[-1]} within the timeout; "
-                    "it stays in the journal (recover() finishes it)",
-                    entry=entry,
-                )
-            await asyncio.sleep(delay)
-
-    async def _bump(self, entry: JournalEntry) -> JournalEntry:
-        """Rebroadcast the latest bytes (a node that lost its mempool gets them again), and, if
-        the fees are below the market or the last bump, re-sign the same nonce above them."""
-        last = entry.attempts[-1]
-        try:
-            await self._broadcast(last)
-        except _NonceUsed:
-            return entry  # mined meanwhile, or taken: the next poll sorts it out
-        fees = await self._fees(floor=(last.max_fee_per_gas, last.max_priority_fee_per_gas))
-        if fees[0] <= last.max_fee_per_gas:  # at the cap: nothing higher to offer
-            return entry
-        gas = int(entry.meta.get("gas") or 0)
-        to = entry.meta.get("to")
-        raw_tx = _decode_raw(last.raw)
-        tx = {"from": self.address, "to": to or raw_tx["to"], "data": raw_tx["data"], "value": 0}
-        async with self._send_lock:
-            attempt = self._sign(tx, entry.nonce, gas or raw_tx["gas"], fees, await self.chain_id())
-            entry = entry.with_attempt(attempt)
-            await self.journal.put(entry)
-            try:
-                await self._broadcast(attempt)
-            except _NonceUsed:
-                return entry
-        log.info(
-            "%s nonce %d bumped to maxFee %d (tx %s)",
-            entry.kind,
-            entry.nonce,
-            fees[0],
-            attempt.tx_hash,
-        )
-        return entry
-
-    async def _finish(self, entry: JournalEntry, tx_hash: str, receipt: Any) -> TxResult:
-        ok = int(receipt["status"]) == 1
-        done = entry.finished(
-            MINED if ok else REVERTED,
-            mined_hash=tx_hash,
-            block_number=int(receipt["blockNumber"]),
-            gas_used=int(receipt["gasUsed"]),
-        )
-        await self.journal.put(done)
-        if not ok:
-            raise TxReverted(
-                entry.kind,
-                f"reverted in {tx_hash} (gasUsed {receipt['gasUsed']})",
-                receipt=receipt,
-                entry=done,
-            )
-        return TxResult(tx_hash, receipt, done)
+        return await self._tx.wait(entry, timeout_s=timeout_s)
 
     async def recover(self, *, timeout_s: float | None = None) -> list[TxResult | TxFailed]:
-        """Finish every pending transaction a previous run of this key left in the journal:
-        each is looked up by hash and marked done, or its same signed bytes are rebroadcast and
-        followed to a receipt. Returns one TxResult or TxFailed per pending entry, nonce order."""
-        out: list[TxResult | TxFailed] = []
-        for entry in await self.journal.pending(self.address):
-            log.info(
-                "recovering %s nonce %d (%s)",
-                entry.kind,
-                entry.nonce,
-                entry.hashes[-1] if entry.hashes else "-",
-            )
-            try:
-                found = None
-                for h in reversed(entry.hashes):
-                    receipt = await self.rpc(lambda h=h: self._receipt(h), what="receipt")
-                    if receipt is not None:
-                        found = (h, receipt)
-                        break
-                if found is None and entry.attempts:
-                    try:
-                        await self._broadcast(entry.attempts[-1])
-                    except _NonceUsed:
-                        pass  # wait() decides: mined under another of our hashes, or dropped
-                out.append(
-                    await self._finish(entry, *found)
-                    if found
-                    else await self.wait(entry, timeout_s=timeout_s)
-                )
-            except TxFailed as exc:
-                out.append(exc)
-        self._nonces.hint = None  # re-read: the chain and the journal are settled now
-        return out
-
-
-class _NonceUsed(Exception):
-    pass
+        """Finish every pending transaction a previous run of this key left in the journal
+        (one TxResult or TxFailed per pending entry, nonce order; see `TxSender.recover`)."""
+        return await self._tx.recover(timeout_s=timeout_s)
 
 
 def _claim_tuple(r: ClaimRow) -> tuple[Any, ...]:
@@ -757,17 +361,3 @@ def _claim_tuple(r: ClaimRow) -> tuple[Any, ...]:
         bytes(r.signature),
         int(r.total_claimed),
     )
-
-
-def _decode_raw(raw_hex: str) -> dict[str, Any]:
-    """to / data / gas of a signed EIP-1559 transaction (for re-signing a fee bump)."""
-    from eth_account.typed_transactions import TypedTransaction
-    from hexbytes import HexBytes
-
-    d = TypedTransaction.from_bytes(HexBytes(raw_hex)).as_dict()
-    to = d.get("to")
-    return {
-        "to": checksum_address(bytes(to)) if to else None,
-        "data": _hex(bytes(d["data"])),
-        "gas": int(d["gas"]),
-    }

@@ -21,10 +21,17 @@ try:  # the embedded chain reports a revert in its own type; nodes report Contra
 except ImportError:  # pragma: no cover
     _REVERTED = (ContractLogicError,)
 
-from ..protocol.eip712 import channel_id, checksum_address, keccak256, voucher_digest
-from ..protocol.errors import ErrorCode, PaymentError
-from ..protocol.verify import recover_address
-from ..protocol.wire import ChannelConfig, Voucher
+from channels.protocol import (
+    ChannelConfig,
+    ErrorCode,
+    PaymentError,
+    Voucher,
+    channel_id,
+    checksum_address,
+    keccak256,
+    recover_address,
+    voucher_digest,
+)
 
 __all__ = ["EIP1271_MAGIC", "is_valid_signature", "verify_voucher_eip1271"]
 

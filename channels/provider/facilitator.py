@@ -1,19 +1,14 @@
-"""The gateway as its own x402 facilitator: verify and submit batch-settlement payloads in-process.
-
-In-process (the gateway's payment gate), typed::
+"""The gateway as its own x402 facilitator, in-process: verify and submit batch-settlement
+payloads (deposits, cooperative refunds) against the chain and the ledger::
 
     fac = Facilitator(chain, store, authorizer=Signer(key))
     verdict = await fac.verify(payment.payload, requirements)      # VerifyResult (isValid, channel snapshot)
     done = await fac.submit_deposit(payload, requirements)         # DepositResult; ledger gets Deposited
     response = await fac.refund(refund_payload, requirements)      # SettleResponse (claims charged first)
 
-Over HTTP for other x402 servers (see gateway/facilitator_routes.py), JSON in, JSON out::
-
-    await fac.verify_json({"x402Version": 2, "paymentPayload": {...}, "paymentRequirements": {...}})
-    await fac.settle_json(body)        # payload types deposit, claim, settle, refund (server-enriched)
-    fac.supported(chain_id)            # GET /supported
-
-Errors are the spec's codes (`channels.ErrorCode`) in `invalidReason` / `errorReason`.
+The x402 HTTP JSON side (POST /verify, /settle, GET /supported) over this object is
+channels/provider/facilitator_json.py. Errors are the spec's codes
+(`channels.protocol.ErrorCode`) in `invalidReason` / `errorReason`.
 """
 
 from __future__ import annotations
@@ -25,41 +20,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import (
-    ChainClient,
-    ClaimRow,
-    OnChainChannel,
-    SimulationFailed,
-    TxFailed,
-    TxResult,
-    is_transport_error,
-)
-from ..protocol.eip712 import (
+from channels.protocol import (
     ZERO_ADDRESS,
-    ClaimEntry,
-    channel_id,
-    checksum_address,
-    claim_batch_digest,
-    refund_digest,
-)
-from ..protocol.errors import ErrorCode, PaymentError
-from ..protocol.ledger import Rejection
-from ..protocol.signing import Signer
-from ..protocol.verify import verify_channel_terms, verify_deposit_authorization, verify_voucher
-from ..protocol.wire import (
     ChannelConfig,
     ChannelStateSnapshot,
+    ClaimRow,
     DepositPayload,
+    ErrorCode,
+    PaymentError,
     PaymentPayload,
     PaymentRequirements,
     RefundPayload,
+    Rejection,
     ResponseExtra,
     SettleResponse,
+    Signer,
     Voucher,
     VoucherPayload,
+    checksum_address,
+    claim_batch,
+    refund_digest,
+    sign_claim_batch,
+    verify_channel_terms,
+    verify_deposit_authorization,
+    verify_voucher,
 )
 
-__all__ = ["DepositResult", "Facilitator", "VerifyResult"]
+from .chain import ChainClient, OnChainChannel
+from .transactions import SimulationFailed, TxFailed, TxResult
+
+__all__ = ["SCHEME", "DepositResult", "Facilitator", "VerifyResult", "tx_errors"]
 
 log = logging.getLogger("paychan.facilitator")
 SCHEME = "batch-settlement"
@@ -126,11 +116,15 @@ class Facilitator:
         self.authorizer = authorizer
         self.clock = clock
 
-    # --- helpers ------------------------------------------------------------------------------
+    # --- checks both sides share ---------------------------------------------------------------
 
-    async def _network_check(
+    async def check_network(
         self, accepted: PaymentRequirements | None, requirements: PaymentRequirements
     ) -> None:
+        """Raise the spec's PaymentError unless the scheme is ours and the network is this chain.
+
+            await fac.check_network(payment.accepted, requirements)
+        """
         if requirements.scheme != SCHEME or (accepted is not None and accepted.scheme != SCHEME):
             raise PaymentError(
                 ErrorCode.INVALID_SCHEME, "paymentRequirements.scheme", f"must be {SCHEME!r}"
@@ -149,7 +143,11 @@ class Facilitator:
                 f"this facilitator is on eip155:{chain_id}, not {requirements.network}",
             )
 
-    async def _read(self, cid: bytes) -> OnChainChannel:
+    async def read_onchain(self, cid: bytes) -> OnChainChannel:
+        """The channel as the chain has it; any read failure is the spec's rpc_read_failed.
+
+            state = await fac.read_onchain(cid)    # OnChainChannel, or PaymentError
+        """
         try:
             return await self.chain.read_channel(cid)
         except Exception as exc:  # noqa: BLE001 - any read failure is the spec's rpc_read_failed
@@ -186,7 +184,7 @@ class Facilitator:
         """Check a deposit, voucher or refund payload against the requirements and the chain."""
         payer = getattr(getattr(payload, "channel_config", None), "payer", None)
         try:
-            await self._network_check(accepted, requirements)
+            await self.check_network(accepted, requirements)
             if isinstance(payload, DepositPayload):
                 state = await self._verify_deposit(payload, requirements)
             elif isinstance(payload, VoucherPayload | RefundPayload):
@@ -225,7 +223,7 @@ class Facilitator:
             self.chain.settlement_address,
             now=int(block["timestamp"]),
         )
-        state = await self._read(cid)
+        state = await self.read_onchain(cid)
         try:
             funds = await self.chain.token_balance(
                 checksum_address(payload.channel_config.token),
@@ -260,7 +258,7 @@ class Facilitator:
         self, payload: VoucherPayload | RefundPayload, requirements: PaymentRequirements
     ) -> OnChainChannel:
         cid = await self._check_voucher(payload.channel_config, payload.voucher, requirements)
-        state = await self._read(cid)
+        state = await self.read_onchain(cid)
         if state.balance == 0:
             raise PaymentError(
                 ErrorCode.CHANNEL_NOT_FOUND,
@@ -296,9 +294,9 @@ class Facilitator:
         store (with the channel's config) before returning. Raises PaymentError with the spec's
         codes: the verify codes, DEPOSIT_SIMULATION_FAILED, DEPOSIT_TRANSACTION_FAILED."""
         if not verified:
-            await self._network_check(None, requirements)
+            await self.check_network(None, requirements)
             await self._verify_deposit(payload, requirements)
-        with _tx_errors(ErrorCode.DEPOSIT_SIMULATION_FAILED, ErrorCode.DEPOSIT_TRANSACTION_FAILED,
+        with tx_errors(ErrorCode.DEPOSIT_SIMULATION_FAILED, ErrorCode.DEPOSIT_TRANSACTION_FAILED,
                         "payload.deposit", "the deposit would revert ({})"):
             result = await self.chain.deposit(payload)
         cid = payload.voucher.channel_id
@@ -315,23 +313,27 @@ class Facilitator:
         accepted = payment.accepted if isinstance(payment, PaymentPayload) else None
         network = requirements.network
         try:
-            await self._network_check(accepted, requirements)
-            done = await self.submit_deposit(payload, requirements)  # type: ignore[arg-type]
+            await self.check_network(accepted, requirements)
+            if not isinstance(payload, DepositPayload):
+                raise PaymentError(
+                    ErrorCode.PAYLOAD_TYPE, "paymentPayload.payload.type", "must be a deposit"
+                )
+            done = await self.submit_deposit(payload, requirements)
         except PaymentError as err:
             return SettleResponse(
                 False,
                 network,
-                payer=payload.channel_config.payer,  # type: ignore[union-attr]
+                payer=payload.channel_config.payer,
                 error_reason=str(err.code),
                 error_message=err.message,
             )
-        charged = await self._charged(payload.voucher.channel_id)  # type: ignore[union-attr]
+        charged = await self._charged(payload.voucher.channel_id)
         return SettleResponse(
             True,
             network,
             done.tx_hash,
-            payload.channel_config.payer,  # type: ignore[union-attr]
-            payload.deposit.amount,  # type: ignore[union-attr]
+            payload.channel_config.payer,
+            payload.deposit.amount,
             ResponseExtra(channel_state=done.channel.snapshot(charged)),
         )
 
@@ -360,7 +362,7 @@ class Facilitator:
                     None,
                     "this facilitator has no ledger/authorizer key to refund with",
                 )
-            await self._network_check(accepted, requirements)
+            await self.check_network(accepted, requirements)
             if bytes(config.receiver_authorizer) != self.authorizer.address_bytes:
                 raise PaymentError(
                     ErrorCode.AUTHORIZER_ADDRESS_MISMATCH,
@@ -368,7 +370,7 @@ class Facilitator:
                     f"is not this gateway's authorizer {self.authorizer.address}",
                 )
             onchain = await self._verify_voucher(payload, requirements)
-            return await self._refund_ours(
+            return await self.refund_from_ledger(
                 payload.voucher.channel_id, config, payload.amount, requirements, onchain
             )
         except PaymentError as err:
@@ -380,7 +382,7 @@ class Facilitator:
                 error_message=err.message,
             )
 
-    async def _refund_ours(
+    async def refund_from_ledger(
         self,
         cid: bytes,
         config: ChannelConfig,
@@ -427,19 +429,14 @@ class Facilitator:
         claim_first = None
         if plan.needs_claim:
             rows = [ClaimRow(config, plan.max_claimable, plan.signature, plan.claim_total)]
-            entries = [ClaimEntry(cid, plan.max_claimable, plan.claim_total)]
-            claim_first = (
-                rows,
-                self.authorizer.sign_digest(
-                    claim_batch_digest(requirements.chain_id, settlement, entries)
-                ),
-            )
+            batch = claim_batch(rows, requirements.chain_id, settlement)
+            claim_first = (batch.rows, sign_claim_batch(self.authorizer, batch))
         signature = self.authorizer.sign_digest(
             refund_digest(requirements.chain_id, settlement, cid, plan.nonce, plan.amount)
         )
         try:
-            with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED,
-                            ErrorCode.REFUND_TRANSACTION_FAILED, "payload"):
+            with tx_errors(ErrorCode.REFUND_SIMULATION_FAILED,
+                           ErrorCode.REFUND_TRANSACTION_FAILED, "payload"):
                 result = await self.chain.refund_with_signature(
                     config, plan.amount, plan.nonce, signature, claim_first=claim_first
                 )
@@ -452,233 +449,20 @@ class Facilitator:
             raise
         return result
 
-    # --- JSON (the HTTP endpoints) -----------------------------------------------------------
 
-    def supported(self, chain_id: int) -> dict[str, Any]:
-        """GET /supported: the kinds we verify/settle and the addresses that sign for us."""
-        extra = {"receiverAuthorizer": self.authorizer.address} if self.authorizer else None
-        kind: dict[str, Any] = {"x402Version": 2, "scheme": SCHEME, "network": f"eip155:{chain_id}"}
-        if extra:
-            kind["extra"] = extra
-        return {"kinds": [kind], "extensions": [], "signers": {"eip155:*": [self.chain.address]}}
-
-    async def verify_json(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /verify body -> answer (isValid false with a reason on any bad input)."""
-        try:
-            payment, requirements = _parse_request(body, client_payload=True)
-        except PaymentError as err:
-            return VerifyResult.invalid(err).to_json()
-        result = await self.verify(payment.payload, requirements, payment.accepted)
-        return result.to_json()
-
-    async def settle_json(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /settle body -> SettleResponse JSON. Payload types: deposit; claim; settle;
-        refund (server-enriched: amount, refundNonce, claims, signatures as the x402 reference)."""
-        network = _network_of(body)
-        try:
-            raw = body["paymentPayload"]["payload"]
-            kind = raw.get("type") if isinstance(raw, dict) else None
-        except (KeyError, TypeError):
-            return _fail(
-                network,
-                PaymentError(ErrorCode.INVALID_PAYLOAD, "paymentPayload.payload", "is missing"),
-            )
-        try:
-            if kind == "deposit":
-                payment, requirements = _parse_request(body, client_payload=True)
-                return (await self.settle_deposit(payment, requirements)).to_json()
-            requirements = _parse_requirements(body)
-            await self._network_check(None, requirements)
-            if kind == "claim":
-                return (await self._settle_claims(raw, requirements)).to_json()
-            if kind == "settle":
-                return (await self._settle_sweep(raw, requirements)).to_json()
-            if kind == "refund" and ("refundNonce" in raw or "claims" in raw):
-                return (await self._settle_enriched_refund(raw, requirements)).to_json()
-            if kind == "refund":
-                payment, requirements = _parse_request(body, client_payload=True)
-                return (
-                    await self.refund(payment.payload, requirements, payment.accepted)
-                ).to_json()  # type: ignore[arg-type]
-            raise PaymentError(
-                ErrorCode.UNKNOWN_SETTLE_ACTION,
-                "paymentPayload.payload.type",
-                f"{kind!r}: settle takes deposit, claim, settle or refund",
-            )
-        except PaymentError as err:
-            return _fail(network, err)
-        except Exception as exc:  # an outage or a bug: answer in the spec's shape, not a 500
-            if not is_transport_error(exc):
-                log.exception("settle failed")
-            return _fail(
-                network,
-                PaymentError(ErrorCode.RPC_READ_FAILED, None, f"{type(exc).__name__}: {exc}"),
-            )
-
-    async def _settle_claims(
-        self, raw: dict[str, Any], requirements: PaymentRequirements
-    ) -> SettleResponse:
-        claims = [
-            _voucher_claim(c, f"paymentPayload.payload.claims[{i}]")
-            for i, c in enumerate(raw.get("claims") or [])
-        ]
-        if not claims:
-            raise PaymentError(ErrorCode.CLAIM_PAYLOAD, "paymentPayload.payload.claims", "is empty")
-        sig = await self._claim_signature(raw.get("claimAuthorizerSignature"), claims, requirements)
-        with _tx_errors(ErrorCode.CLAIM_SIMULATION_FAILED, ErrorCode.CLAIM_TRANSACTION_FAILED,
-                        "paymentPayload.payload"):
-            result = await self.chain.claim(claims, sig)
-        from web3.logs import DISCARD
-
-        claimed = sum(
-            int(e["args"]["claimAmount"])
-            for e in self.chain.settlement.events.Claimed().process_receipt(
-                result.receipt, errors=DISCARD
-            )
-        )
-        return SettleResponse(True, requirements.network, result.tx_hash, amount=claimed)
-
-    async def _claim_signature(
-        self, given: Any, claims: list[ClaimRow], requirements: PaymentRequirements
-    ) -> bytes:
-        if given:
-            return bytes.fromhex(str(given).removeprefix("0x"))
-        authorizers = {bytes(c.config.receiver_authorizer) for c in claims}
-        if self.authorizer is None or authorizers != {self.authorizer.address_bytes}:
-            raise PaymentError(
-                ErrorCode.AUTHORIZER_ADDRESS_MISMATCH,
-                "paymentPayload.payload.claimAuthorizerSignature",
-                "missing, and the claims' receiverAuthorizer is not this facilitator's key",
-            )
-        entries = [
-            ClaimEntry(
-                channel_id(c.config, requirements.chain_id, self.chain.settlement_address),
-                c.max_claimable,
-                c.total_claimed,
-            )
-            for c in claims
-        ]
-        return self.authorizer.sign_digest(
-            claim_batch_digest(requirements.chain_id, self.chain.settlement_address, entries)
-        )
-
-    async def _settle_sweep(
-        self, raw: dict[str, Any], requirements: PaymentRequirements
-    ) -> SettleResponse:
-        try:
-            receiver = checksum_address(raw["receiver"])
-            token = checksum_address(raw["token"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise PaymentError(
-                ErrorCode.SETTLE_PAYLOAD,
-                "paymentPayload.payload",
-                "needs receiver and token addresses",
-            ) from None
-        claimed, settled = await self.chain.receiver_totals(receiver, token)
-        if claimed <= settled:
-            raise PaymentError(
-                ErrorCode.NOTHING_TO_SETTLE,
-                "paymentPayload.payload.receiver",
-                "nothing claimed is waiting to be settled",
-            )
-        with _tx_errors(ErrorCode.SETTLE_SIMULATION_FAILED, ErrorCode.SETTLE_TRANSACTION_FAILED,
-                        "paymentPayload.payload"):
-            result = await self.chain.settle(receiver, token)
-        return SettleResponse(True, requirements.network, result.tx_hash, amount=claimed - settled)
-
-    async def _settle_enriched_refund(
-        self, raw: dict[str, Any], requirements: PaymentRequirements
-    ) -> SettleResponse:
-        from ..protocol.wire import ChannelConfig as _CC
-
-        path = "paymentPayload.payload"
-        try:
-            config = _CC.from_json(
-                raw["channelConfig"], path + ".channelConfig", ErrorCode.REFUND_PAYLOAD
-            )
-            amount = int(raw["amount"])
-            nonce = int(raw["refundNonce"])
-        except PaymentError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise PaymentError(
-                ErrorCode.REFUND_PAYLOAD, path, "needs channelConfig, amount and refundNonce"
-            ) from None
-        if amount <= 0:
-            raise PaymentError(
-                ErrorCode.REFUND_AMOUNT_INVALID, path + ".amount", "must be positive"
-            )
-        cid = channel_id(config, requirements.chain_id, self.chain.settlement_address)
-        given = raw.get("refundAuthorizerSignature")
-        ours = (
-            self.authorizer is not None
-            and bytes(config.receiver_authorizer) == self.authorizer.address_bytes
-        )
-        if not given and ours and self.store is not None:
-            # Our key would sign: only against our ledger (every charge claimed first, the
-            # channel locked), never for an amount a caller names over charges not yet claimed.
-            return await self._refund_ours(cid, config, amount, requirements, await self._read(cid))
-        claims = [
-            _voucher_claim(c, f"{path}.claims[{i}]") for i, c in enumerate(raw.get("claims") or [])
-        ]
-        claim_first = (
-            (
-                claims,
-                await self._claim_signature(
-                    raw.get("claimAuthorizerSignature"), claims, requirements
-                ),
-            )
-            if claims
-            else None
-        )
-        if given:
-            signature = bytes.fromhex(str(given).removeprefix("0x"))
-        elif ours:
-            signature = self.authorizer.sign_digest(
-                refund_digest(
-                    requirements.chain_id, self.chain.settlement_address, cid, nonce, amount
-                )
-            )
-        else:
-            raise PaymentError(
-                ErrorCode.AUTHORIZER_ADDRESS_MISMATCH,
-                path + ".refundAuthorizerSignature",
-                "missing, and the channel's receiverAuthorizer is not this facilitator's key",
-            )
-        before = await self._read(cid)
-        with _tx_errors(ErrorCode.REFUND_SIMULATION_FAILED, ErrorCode.REFUND_TRANSACTION_FAILED, path):
-            result = await self.chain.refund_with_signature(
-                config, amount, nonce, signature, claim_first=claim_first
-            )
-        after = await self.chain.read_channel(cid, result.block_number)
-        if self.store is not None and await self.store.get(cid) is not None:
-            await self.store.apply_fact(cid, after.fact())
-        return SettleResponse(
-            True,
-            requirements.network,
-            result.tx_hash,
-            config.payer,
-            before.balance - after.balance,
-            ResponseExtra(channel_state=after.snapshot()),
-        )
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _network_of(body: Any) -> str:
-    try:
-        return str(body["paymentRequirements"]["network"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return ""
+# --------------------------------------------------------------------------- errors
 
 
 @contextlib.contextmanager
-def _tx_errors(
+def tx_errors(
     simulation: ErrorCode, failed: ErrorCode, field: str, revert: str = "{}"
 ) -> Iterator[None]:
     """Turn a transaction's failure into the spec's error: ``simulation`` when it would revert
-    (``revert`` formats the reason), ``failed`` when it was sent and did not succeed."""
+    (``revert`` formats the reason), ``failed`` when it was sent and did not succeed.
+
+        with tx_errors(ErrorCode.CLAIM_SIMULATION_FAILED, ErrorCode.CLAIM_TRANSACTION_FAILED, "p"):
+            result = await chain.claim(rows, signature)
+    """
     try:
         yield
     except SimulationFailed as exc:  # a TxFailed too: caught first
@@ -686,48 +470,3 @@ def _tx_errors(
     except TxFailed as exc:
         raise PaymentError(failed, field, str(exc)) from None
 
-
-def _fail(network: str, err: PaymentError) -> dict[str, Any]:
-    return SettleResponse(
-        False, network, error_reason=str(err.code), error_message=err.message
-    ).to_json()
-
-
-def _parse_requirements(body: Any) -> PaymentRequirements:
-    if not isinstance(body, dict):
-        raise PaymentError(ErrorCode.INVALID_PAYLOAD, None, "the body must be a JSON object")
-    if body.get("x402Version", 2) != 2:
-        raise PaymentError(ErrorCode.INVALID_X402_VERSION, "x402Version", "must be 2")
-    if "paymentRequirements" not in body:
-        raise PaymentError(ErrorCode.INVALID_PAYLOAD, "paymentRequirements", "is missing")
-    return PaymentRequirements.from_json(
-        body["paymentRequirements"], "paymentRequirements", ErrorCode.INVALID_PAYLOAD
-    )
-
-
-def _parse_request(
-    body: Any, *, client_payload: bool
-) -> tuple[PaymentPayload, PaymentRequirements]:
-    requirements = _parse_requirements(body)
-    if "paymentPayload" not in body:
-        raise PaymentError(ErrorCode.INVALID_PAYLOAD, "paymentPayload", "is missing")
-    return PaymentPayload.from_json(body["paymentPayload"]), requirements
-
-
-def _voucher_claim(data: Any, path: str) -> ClaimRow:
-    code = ErrorCode.CLAIM_PAYLOAD
-    try:
-        voucher = data["voucher"]
-        config = ChannelConfig.from_json(voucher["channel"], path + ".voucher.channel", code)
-        return ClaimRow(
-            config,
-            int(voucher["maxClaimableAmount"]),
-            bytes.fromhex(str(data["signature"]).removeprefix("0x")),
-            int(data["totalClaimed"]),
-        )
-    except PaymentError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise PaymentError(
-            code, path, "needs voucher.channel, voucher.maxClaimableAmount, signature, totalClaimed"
-        ) from None

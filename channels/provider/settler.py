@@ -7,49 +7,41 @@ rows per `claimWithSignature`):
 - the oldest unclaimed charge is older than `claim_after_s`;
 - the unclaimed total reaches `claim_threshold`.
 Each row claims exactly the charged total (`min(charged, balance)`), never the signed ceiling.
-After the claims, `settle(receiver, token)` sweeps the claimed value to the receiver.
+After the claims, `settle(receiver, token)` sweeps the claimed value to the receiver::
 
-Exactly one settler acts at a time: `RedisLease` (SET NX PX, renewed) across gateway
-processes sharing a Redis store; `LocalLease` for the single SQLite process.
-`ChainSync` runs recovery, the watcher and the settler under that lease::
+    settler = Settler(chain, store, authorizer=Signer(key), receiver=addr, token=token)
+    report = await settler.run_once(force=True)       # SettlementReport: claims, settle, gas
 
-    sync = ChainSync(chain, store, authorizer=Signer(key), receiver=addr, token=token,
-                     lease=lease_for(store_url))
-    app.cleanup_ctx.append(sync.cleanup_ctx)          # aiohttp: start on startup, stop on cleanup
-    report = await sync.settler.run_once(force=True)  # "settle now"
+Exactly one settler acts at a time (channels/provider/lease.py); `ChainSync`
+(channels/provider/chain_sync.py) runs recovery, the watcher and the settler under that lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from web3.logs import DISCARD
 
-from .chain import ChainClient, ClaimRow, SimulationFailed, TxFailed, TxResult, is_transport_error
-from ..protocol.eip712 import ClaimEntry, checksum_address, claim_batch_digest
-from ..protocol.ledger import Claimed, ClaimTarget
-from ..protocol.signing import Signer
-from .watcher import ChainEvent, Watcher
+from channels.protocol import (
+    Claimed,
+    ClaimRow,
+    ClaimTarget,
+    Signer,
+    checksum_address,
+    claim_batch,
+    sign_claim_batch,
+)
 
-__all__ = [
-    "ChainSync",
-    "Lease",
-    "LocalLease",
-    "RedisLease",
-    "SettlementReport",
-    "Settler",
-    "SettlerPolicy",
-    "claim_reason",
-    "lease_for",
-]
+from .chain import ChainClient
+from .transactions import SimulationFailed, TxFailed, TxResult
+from .watcher import ChainEvent
+
+__all__ = ["MAX_BATCH", "SettlementReport", "Settler", "SettlerPolicy", "claim_reason"]
 
 log = logging.getLogger("paychan.settler")
 
@@ -101,92 +93,6 @@ class SettlementReport:
             "gas_used": self.gas_used,
             "skipped": ["0x" + c.hex() for c in self.skipped],
         }
-
-
-# --------------------------------------------------------------------------- leases
-
-
-class Lease(Protocol):
-    """Who may act: `await lease.acquire()` takes or renews it (True: ours now)."""
-
-    async def acquire(self) -> bool: ...
-    async def release(self) -> None: ...
-
-
-class LocalLease:
-    """The single-process lease (SQLite stores): always held."""
-
-    renew_every_s: float | None = None
-
-    async def acquire(self) -> bool:
-        return True
-
-    async def release(self) -> None:
-        return None
-
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-class RedisLease:
-    """A Redis lease with a TTL: `SET key token NX PX ttl`, renewed only by its holder.
-
-    A holder that dies stops renewing; another process takes over within `ttl_s`.
-    """
-
-    def __init__(self, client: Any, key: str, ttl_s: float = 15.0) -> None:
-        self.client = client
-        self.key = key
-        self.ttl_ms = int(ttl_s * 1000)
-        self.renew_every_s: float | None = (
-            ttl_s / 3
-        )  # a claim can wait on a receipt longer than the TTL
-        self.token = secrets.token_hex(16)
-        self.held = False
-
-    @classmethod
-    def from_url(cls, url: str, key: str, ttl_s: float = 15.0) -> RedisLease:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.from_url(url), key, ttl_s)
-
-    async def acquire(self) -> bool:
-        if self.held and await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
-            return True
-        self.held = bool(await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
-        return self.held
-
-    async def release(self) -> None:
-        if self.held:
-            await self.client.eval(_RELEASE, 1, self.key, self.token)
-        self.held = False
-
-    async def close(self) -> None:
-        await self.release()
-        await self.client.aclose()
-
-
-def lease_for(store_url: str, *, chain_id: int, settlement: str, ttl_s: float = 15.0) -> Lease:
-    """The lease that fits a store URL: Redis (shared by processes) or local (one process)."""
-    if store_url.startswith(("redis://", "rediss://", "unix://")):
-        from .store.redis import split_redis_url
-
-        base, prefix = split_redis_url(store_url)
-        return RedisLease.from_url(
-            base, f"{prefix}:{chain_id}:{settlement.lower()}:settler-lease", ttl_s
-        )
-    return LocalLease()
 
 
 # --------------------------------------------------------------------------- the settler
@@ -317,12 +223,14 @@ class Settler:
 
     async def _send_claim(self, batch: Sequence[ClaimTarget]) -> TxResult:
         chain_id = await self.chain.chain_id()
-        entries = [ClaimEntry(t.channel_id, t.max_claimable, t.total_claimed) for t in batch]
-        signature = self.authorizer.sign_digest(
-            claim_batch_digest(chain_id, self.chain.settlement_address, entries)
-        )
-        rows = [ClaimRow(t.config, t.max_claimable, t.signature, t.total_claimed) for t in batch]  # type: ignore[arg-type]
-        return await self.chain.claim(rows, signature)
+        # claimable() only keeps targets with a config: the contract needs it in every row.
+        rows = [
+            ClaimRow(t.config, t.max_claimable, t.signature, t.total_claimed)
+            for t in batch
+            if t.config is not None
+        ]
+        signed = claim_batch(rows, chain_id, self.chain.settlement_address)
+        return await self.chain.claim(signed.rows, sign_claim_batch(self.authorizer, signed))
 
     async def apply_claims(self, result: TxResult, report: SettlementReport | None = None) -> int:
         """Mirror a mined claim's Claimed events into the store; returns the units claimed."""
@@ -368,160 +276,3 @@ class Settler:
             if isinstance(r, TxResult) and r.entry.kind == "claim":
                 await self.apply_claims(r)
         return results
-
-
-# --------------------------------------------------------------------------- the service
-
-
-class ChainSync:
-    """Recovery + watcher + settler as one background service, under one lease.
-
-    Every `watcher.poll_s` the lease holder follows the chain; every `settler.policy.interval_s`
-    (or at once when the watcher sees a withdrawal start) it runs a settler round. A process
-    that gains the lease first finishes the journal's pending transactions.
-    """
-
-    def __init__(
-        self,
-        chain: ChainClient,
-        store: Any,
-        *,
-        authorizer: Signer,
-        receiver: str,
-        token: str,
-        lease: Lease | None = None,
-        policy: SettlerPolicy | None = None,
-        confirmations: int = 0,
-        start_block: int | None = None,
-        poll_s: float = 1.0,
-        journal_retention_s: float = 7 * 86400.0,
-    ) -> None:
-        self.chain = chain
-        self.journal_retention_s = journal_retention_s
-        self.store = store
-        self.lease: Lease = lease or LocalLease()
-        self.watcher = Watcher(
-            chain,
-            store,
-            receiver=receiver,
-            confirmations=confirmations,
-            start_block=start_block,
-            poll_s=poll_s,
-        )
-        self.settler = Settler(
-            chain, store, authorizer=authorizer, receiver=receiver, token=token, policy=policy
-        )
-        self.watcher.listeners.append(self.settler.on_chain_event)
-        self.leader = False
-        self.rounds = 0
-        self.last_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
-        self._pruned_at = 0.0
-
-    async def _keep_lease(self, every: float) -> None:
-        """Renew the lease while a long step (a claim waiting on its receipt) runs."""
-        while True:
-            await asyncio.sleep(every)
-            try:
-                if self.leader and not await self.lease.acquire():
-                    self.leader = False
-                    log.warning("settler lease lost to another process")
-            except Exception as exc:  # noqa: BLE001 - Redis unreachable: the main loop sees it too
-                log.warning("settler lease renewal failed: %s", exc)
-
-    async def _housekeeping(self) -> None:
-        if time.monotonic() - self._pruned_at >= 3600:
-            self._pruned_at = time.monotonic()
-            dropped = await self.chain.journal.prune(self.journal_retention_s)
-            if dropped:
-                log.info("pruned %d finished journal entries", dropped)
-
-    async def step(self) -> SettlementReport | None:
-        """One pass: lease, recovery if newly leader, watcher, and a settler round when due."""
-        if not await self.lease.acquire():
-            self.leader = False
-            return None
-        if not self.leader:
-            self.leader = True
-            log.info("settler lease acquired: finishing pending transactions")
-            await self.settler.recover()
-        await self.watcher.poll_once()
-        self.settler.wake.clear()
-        report = await self.settler.run_once()
-        self.rounds += 1
-        return report
-
-    async def run(self) -> None:
-        """Loop `step` until cancelled; RPC outages back off (up to 30 s) and never end the loop."""
-        next_round = 0.0
-        delay = self.watcher.poll_s
-        while True:
-            try:
-                if not await self.lease.acquire():
-                    self.leader = False
-                elif not self.leader:
-                    await self.step()
-                    next_round = time.monotonic() + self.settler.policy.interval_s
-                else:
-                    await self.watcher.poll_once()
-                    if self.settler.wake.is_set() or time.monotonic() >= next_round:
-                        self.settler.wake.clear()
-                        await self.settler.run_once()
-                        self.rounds += 1
-                        next_round = time.monotonic() + self.settler.policy.interval_s
-                        await self._housekeeping()
-                delay = self.watcher.poll_s
-                self.last_error = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                delay = min(max(delay * 2, 0.5), 30.0)
-                if is_transport_error(exc):
-                    log.warning("chain sync: node unreachable (%s); retrying in %.1fs", exc, delay)
-                else:
-                    log.exception("chain sync round failed; retrying in %.1fs", delay)
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a stop()'s
-            # cancellation that lands as the wait ends, and stop() then hangs forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay * (0.9 + random.random() / 5)):
-                    await self.settler.wake.wait()
-
-    def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self.run(), name="paychan-chain-sync"
-            )
-        return self._task
-
-    async def stop(self) -> None:
-        for task in (self._task, self._keepalive):
-            if task is not None:
-                await _cancel(task)
-        self._task = self._keepalive = None
-        await self.lease.release()
-        close = getattr(self.lease, "close", None)
-        if close is not None:
-            await close()
-
-    async def cleanup_ctx(self, app: Any) -> AsyncIterator[None]:
-        """aiohttp: ``app.cleanup_ctx.append(sync.cleanup_ctx)`` runs it with the app."""
-        self.start()
-        yield
-        await self.stop()
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it to end, cancelling again until it does.
-
-    One cancel is not always enough: a library on the task's path (an HTTP client's timeout,
-    a to_thread hop) may absorb a CancelledError that lands at the wrong moment, and the task
-    then waits on its next future with nothing left to wake it; a repeated cancel reaches it
-    there.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-    if not task.cancelled() and task.exception() is not None:  # stopping anyway: say why it died
-        log.warning("%s had ended with %r", task.get_name(), task.exception())

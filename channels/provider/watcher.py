@@ -11,15 +11,15 @@ RPC failures back off exponentially and the loop carries on when the node answer
     watcher = Watcher(chain, store, receiver=provider_address, confirmations=0)
     applied = await watcher.poll_once()      # or: await watcher.run() (until cancelled)
 
-Facts fed to the store (absolute values, so a replay changes nothing):
-ChannelCreated+Deposited -> Deposited(newBalance) with the config; Claimed -> Claimed;
-WithdrawInitiated -> WithdrawInitiated(requested_at, amount); WithdrawFinalized and
-Refunded -> the channel's balance (and refundNonce) read at that block.
+Which fact each event becomes is the pure `channels.protocol.fact_of_event`; the watcher
+polls, decodes, reads the channel at the event's block when that mapping needs it
+(`needs_snapshot`), and applies the fact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -27,26 +27,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import ChainClient, is_transport_error
-from ..protocol.eip712 import checksum_address, keccak256
-from ..protocol.ledger import ChainFact, Claimed, Deposited, Refunded, WithdrawFinalized, WithdrawInitiated
-from ..protocol.wire import ChannelConfig
+from channels.protocol import (
+    SETTLEMENT_EVENTS,
+    ChainFact,
+    ChannelConfig,
+    channel_config_of,
+    checksum_address,
+    fact_of_event,
+    keccak256,
+    needs_snapshot,
+)
+
+from .chain import ChainClient
+from .transactions import is_transport_error
 
 __all__ = ["ChainEvent", "Watcher"]
 
 log = logging.getLogger("paychan.watcher")
 
 _CURSOR_NS = "watcher"
-_EVENTS = (
-    "ChannelCreated",
-    "Deposited",
-    "Claimed",
-    "Settled",
-    "Refunded",
-    "WithdrawInitiated",
-    "WithdrawFinalized",
-    "ChannelClosed",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +98,7 @@ class Watcher:
         c = chain.settlement
         self._events = {
             "0x" + keccak256(_signature(c, name).encode()).hex(): getattr(c.events, name)()
-            for name in _EVENTS
+            for name in SETTLEMENT_EVENTS
         }
         self._configs: dict[bytes, ChannelConfig] = {}
 
@@ -161,8 +160,9 @@ class Watcher:
         while frm <= safe:
             to = min(safe, frm + self.max_blocks - 1)
             logs = await self.chain.rpc(
-                lambda f=frm, t=to: self.chain.w3.eth.get_logs(
-                    {"address": self.chain.settlement_address, "fromBlock": f, "toBlock": t}
+                functools.partial(
+                    self.chain.w3.eth.get_logs,
+                    {"address": self.chain.settlement_address, "fromBlock": frm, "toBlock": to},
                 ),
                 what="eth_getLogs",
                 deadline_s=60,
@@ -192,10 +192,8 @@ class Watcher:
         block = int(entry["blockNumber"])
         tx_hash = "0x" + bytes(entry["transactionHash"]).hex()
         cid = bytes(args["channelId"]) if "channelId" in args else None
-        fact: ChainFact | None = None
-        config: ChannelConfig | None = None
         if name == "ChannelCreated":
-            cfg = _config_from_event(args["config"])
+            cfg = channel_config_of(args["config"])
             if self.receiver is None or checksum_address(cfg.receiver) == self.receiver:
                 self._configs[cid] = cfg  # type: ignore[index]
             return 0
@@ -207,26 +205,17 @@ class Watcher:
         state = await self.store.get(cid)
         if state is None and config is None:
             return 0  # not ours
-        if name == "Deposited":
-            fact = Deposited(int(args["newBalance"]))
-        elif name == "Claimed":
-            fact = Claimed(int(args["newTotalClaimed"]))
-        elif name == "WithdrawInitiated":
-            delay = (
-                state.config.withdraw_delay
-                if state is not None and state.config is not None
-                else (state.withdraw_delay if state is not None else 0)
-            ) or 0
-            if delay:
-                requested_at = int(args["finalizeAfter"]) - int(delay)
-            else:
-                requested_at = (await self.chain.read_channel(cid, block)).withdraw_requested_at
-            fact = WithdrawInitiated(requested_at, int(args["amount"]))
-        elif name == "WithdrawFinalized":
-            fact = WithdrawFinalized((await self.chain.read_channel(cid, block)).balance)
-        elif name == "Refunded":
-            onchain = await self.chain.read_channel(cid, block)
-            fact = Refunded(onchain.balance, onchain.refund_nonce, onchain.withdraw_requested_at)
+        delay = (
+            state.config.withdraw_delay
+            if state is not None and state.config is not None
+            else (state.withdraw_delay if state is not None else 0)
+        ) or 0
+        snapshot = (
+            (await self.chain.read_channel(cid, block)).snapshot()
+            if needs_snapshot(name, withdraw_delay=delay)
+            else None
+        )
+        fact: ChainFact | None = fact_of_event(name, args, withdraw_delay=delay, snapshot=snapshot)
         if fact is None:
             return 0
         await self.store.apply_fact(cid, fact, config=config)
@@ -268,21 +257,7 @@ def _signature(contract: Any, name: str) -> str:
 
 
 def _abi_type(item: dict[str, Any]) -> str:
-    if item["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + item["type"][5:]
-    return item["type"]
-
-
-def _config_from_event(cfg: Any) -> ChannelConfig:
-    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k))
-    from ..protocol.eip712 import to_address
-
-    return ChannelConfig(
-        to_address(get("payer")),
-        to_address(get("payerAuthorizer")),
-        to_address(get("receiver")),
-        to_address(get("receiverAuthorizer")),
-        to_address(get("token")),
-        int(get("withdrawDelay")),
-        bytes(get("salt")),
-    )
+    kind = str(item["type"])
+    if kind.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + kind[5:]
+    return kind

@@ -1,27 +1,41 @@
 """The payer SDK: the payer's signed channel state and the clients that pay over HTTP.
 
+Modules, one job each: `payer` (the signed channel state; its money rules are
+`channels.protocol.payer_rules`), `payer_file` (its SQLite file), `signing` (vouchers and
+deposit authorizations), `client` (the async `PaymentClient`) on `transport` (HTTP, resends)
+and `channel_ops` (status, refund, sync, withdrawal), `onchain` (the payer's chain calls),
+`sync` (`SyncPaymentClient`), `answers` (reading HTTP answers), `inputs` (checking
+arguments), `models` (value types), `errors`.
+
     >>> async with PaymentClient.from_key(key, "payer.sqlite", base_url=url) as client:
     ...     result = await client.classify("cat.jpg")
 """
 
-from .client import (
+from .client import PaymentClient
+from .errors import (
     ChainError,
-    Classification,
+    ChannelHalted,
     ClientError,
     GatewayUnreachable,
     InputError,
-    PaidResponse,
-    PaymentClient,
     PaymentRefused,
-    Prediction,
     ReceiptInvalid,
     RecoveryRefused,
     RequestFailed,
-    SyncPaymentClient,
+)
+from .inputs import load_image
+from .models import (
+    ChannelRecord,
+    Classification,
+    PaidResponse,
+    Payment,
+    Prediction,
     SyncResult,
     WithdrawStatus,
 )
-from .payer import ChannelHalted, ChannelRecord, Payer, Payment
+from .onchain import read_onchain
+from .payer import Payer
+from .sync import SyncPaymentClient
 
 __all__ = [
     "ChainError",
@@ -43,4 +57,6 @@ __all__ = [
     "SyncPaymentClient",
     "SyncResult",
     "WithdrawStatus",
+    "load_image",
+    "read_onchain",
 ]

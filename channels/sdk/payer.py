@@ -14,154 +14,58 @@ each reserves its price on the payer side and signs the ceiling charged + in fli
     >>> payer.recover(payment, parse_payment_required(resp.headers["PAYMENT-REQUIRED"]))
     >>> payer.adopt(requirements, channel_state, voucher_state)  # rebuild from a server's proof
 
-The HTTP side (`PaymentClient`, `SyncPaymentClient`) lives in `channels.sdk.client`.
+The money rules themselves (the ceiling, deposit sizing, the client verification rules, the
+recovery checks) are pure functions in `channels.protocol.payer_rules`; this class holds
+the state they run on (a SQLite file, and what is in flight in memory) and the locks. The
+HTTP side is `channels.sdk.PaymentClient` / `SyncPaymentClient`.
 
-Ceilings never go below the highest voucher signed before, except where the server proves,
-with the payer's own voucher signature, a lower state (the spec's corrective 402) and for the
-spec's zero-charge refund voucher.
-
-A payer whose file is new or stale (deleted, or another file of the same key paid since)
-recovers as the spec's "Recovery After State Loss" says: it adopts the server's
-`chargedCumulativeAmount` only with the server's copy of the payer's own last voucher
-(`voucherState`), checked here (`adopt`), or falls back to the on-chain `totalClaimed`
-(`resync`).
+A new or stale file recovers as the spec's "Recovery After State Loss" says: `adopt` takes
+the server's charged total only with the payer's own last voucher as proof, `resync` falls
+back to the on-chain totalClaimed.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
-from ..protocol.eip712 import (
+from ..protocol import (
     CANONICAL_ERC3009_COLLECTOR_ADDRESS,
     CANONICAL_SETTLEMENT_ADDRESS,
-    channel_id,
-    erc3009_deposit_nonce,
-    receive_with_authorization_digest,
-    to_address,
-    voucher_digest,
-)
-from ..protocol.errors import ErrorCode, PaymentError
-from ..protocol.signing import Signer
-from ..protocol.verify import recover_address, verify_receipt
-from ..protocol.wire import (
+    DEFAULT_DEPOSIT_MULTIPLIER,
     ChannelConfig,
     ChannelStateSnapshot,
-    Deposit,
     DepositPayload,
-    Erc3009Authorization,
+    DepositPolicy,
+    ExpectedAnswer,
+    InFlight,
+    PayerChannel,
+    PaymentError,
     PaymentPayload,
     PaymentRequired,
     PaymentRequirements,
     RefundPayload,
     ResourceInfo,
     SettleResponse,
-    Voucher,
+    Signer,
     VoucherPayload,
     VoucherStateSnapshot,
-    encode_payment_signature,
+    channel_id,
+    payer_rules,
+    to_address,
 )
+from .errors import ChannelHalted, RecoveryRefused
+from .models import ChannelRecord, Payment
+from .payer_file import PayerFile
+from .signing import sign_deposit, sign_voucher
 
-__all__ = [
-    "DEFAULT_DEPOSIT_MULTIPLIER",
-    "ChannelHalted",
-    "ChannelRecord",
-    "Payer",
-    "Payment",
-    "RecoveryRefused",
-]
-
-# Deposit this many request prices when no amount is set: one on-chain deposit then pays for
-# ten requests, and at most ten prices sit in escrow unspent.
-DEFAULT_DEPOSIT_MULTIPLIER = 10
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS channels (
-    channel_id   BLOB PRIMARY KEY,
-    chain_id     INTEGER NOT NULL,
-    settlement   BLOB NOT NULL,
-    config       TEXT NOT NULL,
-    signed_floor TEXT NOT NULL,
-    signed_max   TEXT NOT NULL,
-    signature    BLOB,
-    charged      TEXT NOT NULL,
-    balance      TEXT NOT NULL,
-    halted       TEXT
-)
-"""
-
-
-class ChannelHalted(RuntimeError):
-    """The server broke a client verification rule on this channel: sign nothing more on it.
-
-    The spec's advice is to start a timed withdrawal (`initiateWithdraw`) for the rest.
-    """
-
-    def __init__(self, channel_id: bytes, reason: str) -> None:
-        self.channel_id = channel_id
-        self.reason = reason
-        super().__init__(f"channel 0x{channel_id.hex()} halted: {reason}")
-
-
-class RecoveryRefused(PaymentError):
-    """A server's channel state failed the payer's checks, so nothing was adopted.
-
-    `field` names the check (e.g. ``extra.voucherState.signature``: not this payer's own
-    voucher; ``extra.channelState.chargedCumulativeAmount``: above what the payer signed).
-
-        >>> try: payer.adopt(offer, state, proof)
-        ... except RecoveryRefused as exc: print(exc.field, exc.message)
-    """
-
-    def __init__(self, channel_id: bytes, field: str, message: str) -> None:
-        super().__init__(ErrorCode.INVALID_PAYLOAD, field, message)
-        self.channel_id = channel_id
-
-    def __str__(self) -> str:
-        return (f"channel 0x{self.channel_id.hex()}: the server's state was not adopted: "
-                f"{self.field}: {self.message}")
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelRecord:
-    """The payer's durable view of one channel (amounts in token base units)."""
-
-    channel_id: bytes
-    chain_id: int
-    settlement: bytes
-    config: ChannelConfig
-    signed_floor: int  # no ceiling is signed below this (raised by every voucher signed)
-    signed_max: int  # the highest ceiling ever signed: the payer's exposure on this channel
-    signature: bytes | None  # the voucher signature at signed_floor
-    charged: int  # cumulative charge the server proved (responses and receipts verified)
-    balance: int  # channel balance as last known (deposits and the server's snapshot)
-    halted: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    """One signed payment, in flight until `settle`, `release` or `recover` resolves it."""
-
-    id: int
-    channel_id: bytes
-    requirements: PaymentRequirements
-    payload: PaymentPayload
-    price: int
-    ceiling: int
-    deposit_amount: int | None = None
-
-    @property
-    def header(self) -> str:
-        """The `PAYMENT-SIGNATURE` header value."""
-        return encode_payment_signature(self.payload)
+__all__ = ["Payer"]
 
 
 @dataclass(slots=True)
@@ -175,6 +79,21 @@ class _Live:
     # payment id -> the charged total adopted while it was in flight (see Payer.adopt): its
     # own charge is already inside that total when the server reports it at or below it
     covered: dict[int, int] = field(default_factory=dict)
+
+    def keep(self, state: PayerChannel) -> None:
+        """Take the live figures a rule decided (the per-payment maps stay the caller's)."""
+        self.maybe_charged = state.maybe_charged
+        self.max_reported = state.max_reported
+
+
+def _view(rec: ChannelRecord, live: _Live | None = None) -> PayerChannel:
+    """The rules' view of a channel: its record, and what is live on it."""
+    state = PayerChannel(rec.charged, rec.balance, rec.signed_floor, rec.signed_max, rec.signature)
+    if live is None:
+        return state
+    return replace(state, in_flight=sum(live.in_flight.values()),
+                   pending_deposits=sum(live.deposits.values()),
+                   maybe_charged=live.maybe_charged, max_reported=live.max_reported)
 
 
 class Payer:
@@ -233,10 +152,7 @@ class Payer:
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._live: dict[bytes, _Live] = {}
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a signed ceiling is on disk before it leaves
-        self._db.execute(_SCHEMA)
+        self._file = PayerFile(path)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -258,12 +174,11 @@ class Payer:
 
     def channel(self, cid: bytes) -> ChannelRecord | None:
         """The stored record of a channel, or None."""
-        row = self._db.execute("SELECT * FROM channels WHERE channel_id = ?", (cid,)).fetchone()
-        return None if row is None else _record(row)
+        return self._file.record(cid)
 
     def channels(self) -> list[ChannelRecord]:
         """Every channel this payer has signed for."""
-        return [_record(r) for r in self._db.execute("SELECT * FROM channels ORDER BY rowid")]
+        return self._file.records()
 
     @staticmethod
     def read_channels(path: str | Path) -> list[ChannelRecord]:
@@ -273,24 +188,12 @@ class Payer:
 
         Raises FileNotFoundError when there is no such file (no channel was ever opened).
         """
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"no payer state file at {path}")
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT * FROM channels ORDER BY rowid").fetchall()
-        except sqlite3.DatabaseError as exc:  # another file, or not SQLite at all
-            raise ValueError(f"{path} is not a payer state file ({exc})") from None
-        finally:
-            db.close()
-        return [_record(r) for r in rows]
+        return PayerFile.read_records(path)
 
     def in_flight(self, cid: bytes) -> int:
         """Sum of the prices of this channel's unresolved payments."""
         live = self._live.get(cid)
         return sum(live.in_flight.values()) if live else 0
-
-    # --- paying ----------------------------------------------------------------------
 
     def pay(
         self,
@@ -317,30 +220,26 @@ class Payer:
             if rec.halted:
                 raise ChannelHalted(cid, rec.halted)
             live = self._live_of(cid, rec)
-            reserved = sum(live.in_flight.values())
-            ceiling = max(rec.signed_floor, rec.charged + live.maybe_charged + reserved + price)
-            available = rec.balance + sum(live.deposits.values())
-            digest = voucher_digest(chain_id, self.settlement, cid, ceiling)
-            voucher = Voucher(cid, ceiling, self.voucher_signer.sign_digest(digest))
+            state, plan = payer_rules.pay(
+                _view(rec, live), price=price, min_deposit=requirements.extra.min_deposit or 0,
+                policy=DepositPolicy(self.deposit_amount, self.deposit_requests),
+            )
+            voucher = sign_voucher(self.voucher_signer, chain_id, self.settlement, cid, plan.ceiling)
             pid = next(self._ids)
-            deposit_amount = None
-            if ceiling > available:
-                deposit_amount = self._deposit_size(requirements, ceiling - available)
-                body = DepositPayload(
-                    config, voucher, self._deposit(requirements, cid, deposit_amount)
-                )
+            body: DepositPayload | VoucherPayload
+            if plan.deposit is not None:
+                deposit = sign_deposit(self.signer, requirements, self.collector, cid, plan.deposit,
+                                       now=self._clock())
+                body = DepositPayload(config, voucher, deposit)
             else:
                 body = VoucherPayload(config, voucher)
-            self._db.execute(
-                "UPDATE channels SET signed_floor = ?, signed_max = ?, signature = ? "
-                "WHERE channel_id = ?",
-                (str(ceiling), str(max(ceiling, rec.signed_max)), voucher.signature, cid),
-            )
+            self._file.update(cid, signed_floor=state.signed_floor, signed_max=state.signed_max,
+                              signature=voucher.signature)
             live.in_flight[pid] = price  # only once the ceiling is durable
-            if deposit_amount is not None:
-                live.deposits[pid] = deposit_amount
+            if plan.deposit is not None:
+                live.deposits[pid] = plan.deposit
         payload = PaymentPayload(requirements, body, resource, extensions)
-        return Payment(pid, cid, requirements, payload, price, ceiling, deposit_amount)
+        return Payment(pid, cid, requirements, payload, price, plan.ceiling, plan.deposit)
 
     def refund(
         self,
@@ -366,8 +265,7 @@ class Payer:
                 raise ChannelHalted(cid, rec.halted)
             if self.in_flight(cid):
                 raise ValueError("refund needs no payment in flight on the channel")
-            digest = voucher_digest(chain_id, self.settlement, cid, rec.charged)
-            voucher = Voucher(cid, rec.charged, self.voucher_signer.sign_digest(digest))
+            voucher = sign_voucher(self.voucher_signer, chain_id, self.settlement, cid, rec.charged)
             pid = next(self._ids)
         body = RefundPayload(config, voucher, amount)
         return Payment(
@@ -397,56 +295,36 @@ class Payer:
         """
         if isinstance(payment.payload.payload, RefundPayload):
             return self._settle_refund(payment, response)
-        cid = payment.channel_id
+        cid, offer = payment.channel_id, payment.requirements
+        expected = ExpectedAnswer(
+            cid, payment.price, offer.network, offer.chain_id, self.settlement,
+            offer.extra.receiver_authorizer, payment.deposit_amount,
+            self.require_receipt if require_receipt is None else require_receipt,
+            request_digest, result_digest,
+        )
         with self._lock, self._transaction():
             rec = self.channel(cid)
             live = self._live_of(cid, rec)
-            if payment.id not in live.in_flight:
+            if rec is None or payment.id not in live.in_flight:
                 raise ValueError(f"payment {payment.id} is not in flight (settled or released)")
             try:
-                charged, reported, balance = self._check_response(
-                    payment, response, request_digest, result_digest, require_receipt
-                )
+                report = payer_rules.check_response(response, expected)
             except PaymentError as exc:
                 live.in_flight.pop(payment.id)
                 live.deposits.pop(payment.id, None)
                 self._halt(rec, f"{exc.field}: {exc.message}")
                 raise ChannelHalted(cid, f"{exc.field}: {exc.message}") from exc
-            live.in_flight.pop(payment.id)
-            live.deposits.pop(payment.id, None)
-            adopted = live.covered.pop(payment.id, None)
-            # A charge the server numbered at or below a total adopted meanwhile is in it.
-            new_charged = rec.charged + (0 if adopted is not None and reported <= adopted else charged)
-            live.max_reported = max(live.max_reported, reported)
-            outstanding = sum(live.in_flight.values())
-            problem = None
-            if live.max_reported > new_charged + outstanding + live.maybe_charged:
-                problem = (
-                    f"server reports cumulative {live.max_reported} but this payer was charged "
-                    f"{new_charged} with {outstanding + live.maybe_charged} at most outstanding"
-                )
-            elif not outstanding:
-                if live.max_reported < new_charged:
-                    problem = (
-                        f"server reports cumulative {live.max_reported}, below the "
-                        f"{new_charged} it charged"
-                    )
-                else:  # quiescent: absorb the charges of timed-out payments, now known
-                    new_charged = live.max_reported
-                    live.maybe_charged = 0
-            if problem is None and balance < live.max_reported:
-                problem = (
-                    f"channel balance {balance} is below the charged total {live.max_reported}"
-                )
+            before = _view(rec, live)  # the payment still in flight: the rule resolves it
+            flight = InFlight(live.in_flight.pop(payment.id), live.deposits.pop(payment.id, 0))
+            state, problem = payer_rules.settle(
+                before, flight, report, covered=live.covered.pop(payment.id, None)
+            )
+            live.keep(state)
             if problem:
                 self._halt(rec, problem)
                 raise ChannelHalted(cid, problem)
-            new_balance = balance  # the server mirrors the chain, deposit included
-            self._db.execute(
-                "UPDATE channels SET charged = ?, balance = ? WHERE channel_id = ?",
-                (str(new_charged), str(new_balance), cid),
-            )
-            return replace(rec, charged=new_charged, balance=new_balance)
+            self._file.update(cid, charged=state.charged, balance=state.balance)
+            return replace(rec, charged=state.charged, balance=state.balance)
 
     def release(self, payment: Payment, *, maybe_charged: bool = False) -> None:
         """Forget a payment the server did not charge (an error answer, a refused payment).
@@ -462,8 +340,9 @@ class Payer:
             price = live.in_flight.pop(payment.id)
             live.deposits.pop(payment.id, None)
             live.covered.pop(payment.id, None)
-            if maybe_charged:
-                live.maybe_charged += price
+            state = PayerChannel(maybe_charged=live.maybe_charged, in_flight=price)
+            live.keep(replace(payer_rules.release(state, InFlight(price), maybe_charged=maybe_charged),
+                              max_reported=live.max_reported))
 
     def recover(
         self,
@@ -498,22 +377,8 @@ class Payer:
             'extra.voucherState.signature: is signed by 0x70997970..., not this payer's ...'
         """
         self.release(payment)
-        if required.error not in (
-            ErrorCode.CUMULATIVE_AMOUNT_MISMATCH,
-            ErrorCode.CUMULATIVE_BELOW_CLAIMED,
-        ):
-            return f"error: {required.error} is not a corrective 402"
-        offer = next(
-            (
-                a
-                for a in required.accepts
-                if a.matches(payment.requirements) and a.extra.channel_state
-            ),
-            None,
-        )
-        if offer is None:
-            return "accepts[].extra.channelState: missing: the server sent no channel state"
         try:
+            offer = payer_rules.corrective_offer(required, payment.requirements)
             self.adopt(
                 payment.requirements,
                 offer.extra.channel_state,
@@ -521,7 +386,7 @@ class Payer:
                 total_claimed=total_claimed,
                 balance=balance,
             )
-        except RecoveryRefused as exc:
+        except PaymentError as exc:  # not corrective, or RecoveryRefused
             return f"{exc.field}: {exc.message}"
         except ChannelHalted as exc:
             return f"channel halted: {exc.reason}"
@@ -555,80 +420,30 @@ class Payer:
         config = self.channel_config(requirements)
         chain_id = requirements.chain_id
         cid = channel_id(config, chain_id, self.settlement)
-        proven = self._check_proof(cid, chain_id, channel_state, voucher_state)
-        cs, vs = channel_state, voucher_state
-        assert cs is not None and vs is not None
-        charged = max(proven, cs.total_claimed, total_claimed or 0)
-        funds = cs.balance if balance is None else balance
-        if funds < charged:
-            raise RecoveryRefused(
-                cid, "extra.channelState.balance",
-                f"{funds} is below the charged total {charged}: the state is inconsistent; "
-                "rebuild from the chain (rpc_url / paychan channel sync --rpc)",
+        try:
+            adoption = payer_rules.check_adoption(
+                channel_state, voucher_state, channel_id=cid, chain_id=chain_id,
+                settlement=self.settlement, voucher_signer=self.voucher_signer.address_bytes,
+                total_claimed=total_claimed, balance=balance,
             )
+        except PaymentError as exc:
+            raise RecoveryRefused(cid, exc.field or "", exc.message) from None
         with self._lock, self._transaction():
             rec = self.channel(cid) or self._new_record(cid, chain_id, config)
             if rec.halted:
                 raise ChannelHalted(cid, rec.halted)
             live = self._live_of(cid, rec)
-            live.maybe_charged = 0
-            live.max_reported = charged
+            state = payer_rules.adopt(_view(rec, live), adoption)
+            live.keep(state)
             # Payments still in flight may be inside the adopted total already (committed,
             # answer not back yet): settle must not add those a second time.
-            live.covered.update(dict.fromkeys(live.in_flight, charged))
-            signed_max = max(rec.signed_max, vs.signed_max_claimable)
-            self._db.execute(
-                "UPDATE channels SET charged = ?, signed_floor = ?, signed_max = ?, signature = ?,"
-                " balance = ? WHERE channel_id = ?",
-                (str(charged), str(vs.signed_max_claimable), str(signed_max), vs.signature,
-                 str(funds), cid),
-            )
-            return replace(rec, charged=charged, signed_floor=vs.signed_max_claimable,
-                           signed_max=signed_max, signature=vs.signature, balance=funds)
-
-    def _check_proof(
-        self,
-        cid: bytes,
-        chain_id: int,
-        cs: ChannelStateSnapshot | None,
-        vs: VoucherStateSnapshot | None,
-    ) -> int:
-        """The server's chargedCumulativeAmount, once its proof checks out (see `adopt`)."""
-        if cs is None:
-            raise RecoveryRefused(cid, "extra.channelState", "missing: nothing to adopt")
-        if vs is None:
-            raise RecoveryRefused(
-                cid, "extra.voucherState",
-                "missing: the server sent no voucher of this payer's proving its charged total; "
-                "rebuild from the chain instead (rpc_url / paychan channel sync --rpc)",
-            )
-        if cs.channel_id != cid:
-            raise RecoveryRefused(cid, "extra.channelState.channelId",
-                                  f"0x{cs.channel_id.hex()} is not this payer's channel")
-        charged = cs.charged_cumulative_amount
-        if charged is None:
-            raise RecoveryRefused(cid, "extra.channelState.chargedCumulativeAmount", "missing")
-        digest = voucher_digest(chain_id, self.settlement, cid, vs.signed_max_claimable)
-        try:
-            signer = recover_address(digest, vs.signature, field="extra.voucherState.signature")
-        except PaymentError as exc:
-            raise RecoveryRefused(cid, "extra.voucherState.signature", exc.message) from None
-        mine = self.voucher_signer.address_bytes
-        if signer != mine:
-            raise RecoveryRefused(
-                cid, "extra.voucherState.signature",
-                f"is signed by 0x{signer.hex()}, not this payer's voucher key 0x{mine.hex()}: "
-                "the server's state is not proven; refusing it",
-            )
-        top = vs.signed_max_claimable
-        for name, value in (("chargedCumulativeAmount", charged), ("totalClaimed", cs.total_claimed)):
-            if value > top:
-                raise RecoveryRefused(
-                    cid, f"extra.channelState.{name}",
-                    f"{value} is above {top}, the most this payer signed (voucherState."
-                    "signedMaxClaimable): refusing a charge the payer never authorized",
-                )
-        return charged
+            live.covered.update(dict.fromkeys(live.in_flight, state.charged))
+            self._file.update(cid, charged=state.charged, signed_floor=state.signed_floor,
+                              signed_max=state.signed_max, signature=state.signature,
+                              balance=state.balance)
+            return replace(rec, charged=state.charged, signed_floor=state.signed_floor,
+                           signed_max=state.signed_max, signature=state.signature,
+                           balance=state.balance)
 
     def resync(
         self, requirements: PaymentRequirements, *, balance: int, total_claimed: int
@@ -641,16 +456,11 @@ class Payer:
         cid = channel_id(config, requirements.chain_id, self.settlement)
         with self._lock, self._transaction():
             rec = self.channel(cid) or self._new_record(cid, requirements.chain_id, config)
-            # never forget charges this payer already proved
-            total_claimed = max(total_claimed, rec.charged)
-            floor = max(rec.signed_floor, total_claimed)
-            self._db.execute(
-                "UPDATE channels SET charged = ?, balance = ?, signed_floor = ?"
-                " WHERE channel_id = ?",
-                (str(total_claimed), str(balance), str(floor), cid),
-            )
             live = self._live_of(cid, rec)
-            live.max_reported = total_claimed
+            state = payer_rules.resync(_view(rec, live), balance=balance, total_claimed=total_claimed)
+            self._file.update(cid, charged=state.charged, balance=state.balance,
+                              signed_floor=state.signed_floor)
+            live.keep(state)
 
     def observe_chain(self, cid: bytes, *, balance: int, total_claimed: int) -> ChannelRecord:
         """Record the channel's on-chain balance after a chain event this payer caused
@@ -662,18 +472,17 @@ class Payer:
             rec = self.channel(cid)
             if rec is None:
                 raise ValueError(f"no channel 0x{cid.hex()} in {self.path}")
-            charged = max(rec.charged, total_claimed)
-            self._db.execute(
-                "UPDATE channels SET charged = ?, balance = ? WHERE channel_id = ?",
-                (str(charged), str(balance), cid),
-            )
             live = self._live_of(cid, rec)
-            live.max_reported = max(live.max_reported, charged)
-            return replace(rec, charged=charged, balance=balance)
+            state = payer_rules.observe_chain(
+                _view(rec, live), balance=balance, total_claimed=total_claimed
+            )
+            self._file.update(cid, charged=state.charged, balance=state.balance)
+            live.keep(state)
+            return replace(rec, charged=state.charged, balance=state.balance)
 
     def close(self) -> None:
         """Close the SQLite file."""
-        self._db.close()
+        self._file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -683,8 +492,8 @@ class Payer:
 
     # --- internals -------------------------------------------------------------------
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+    def _transaction(self) -> AbstractContextManager[None]:
+        return self._file.transaction()
 
     def _live_of(self, cid: bytes, rec: ChannelRecord | None) -> _Live:
         live = self._live.get(cid)
@@ -693,95 +502,11 @@ class Payer:
         return live
 
     def _new_record(self, cid: bytes, chain_id: int, config: ChannelConfig) -> ChannelRecord:
-        self._db.execute(
-            "INSERT INTO channels (channel_id, chain_id, settlement, config, signed_floor,"
-            " signed_max, signature, charged, balance)"
-            " VALUES (?, ?, ?, ?, '0', '0', NULL, '0', '0')",
-            (cid, chain_id, self.settlement, json.dumps(config.to_json())),
-        )
-        return ChannelRecord(cid, chain_id, self.settlement, config, 0, 0, None, 0, 0)
+        return self._file.insert(cid, chain_id, self.settlement, config)
 
     def _halt(self, rec: ChannelRecord | None, reason: str) -> None:
         if rec is not None:
-            self._db.execute(
-                "UPDATE channels SET halted = ? WHERE channel_id = ?", (reason, rec.channel_id)
-            )
-
-    def _deposit_size(self, requirements: PaymentRequirements, needed: int) -> int:
-        wanted = self.deposit_amount or self.deposit_requests * requirements.amount
-        return max(needed, wanted, requirements.extra.min_deposit or 0)
-
-    def _deposit(self, requirements: PaymentRequirements, cid: bytes, amount: int) -> Deposit:
-        valid_before = int(self._clock()) + max(requirements.max_timeout_seconds, 60)
-        salt = os.urandom(32)
-        digest = receive_with_authorization_digest(
-            requirements.chain_id,
-            requirements.asset,
-            requirements.extra.name,
-            requirements.extra.version,
-            from_=self.signer.address_bytes,
-            to=self.collector,
-            value=amount,
-            valid_after=0,
-            valid_before=valid_before,
-            nonce=erc3009_deposit_nonce(cid, salt),
-        )
-        auth = Erc3009Authorization(0, valid_before, salt, self.signer.sign_digest(digest))
-        return Deposit(amount, auth)
-
-    def _check_response(
-        self,
-        payment: Payment,
-        response: SettleResponse,
-        request_digest: bytes | None,
-        result_digest: bytes | None = None,
-        require_receipt: bool | None = None,
-    ) -> tuple[int, int, int]:
-        """(chargedAmount, chargedCumulativeAmount, balance) of a verified paid answer."""
-        fail = _failer(ErrorCode.INVALID_PAYLOAD)
-        if not response.success:
-            raise fail("success", f"is false ({response.error_reason})")
-        extra = response.extra
-        if extra is None or extra.charged_amount is None:
-            raise fail("extra.chargedAmount", "is required on a paid answer")
-        cs = extra.channel_state
-        if cs is None or cs.charged_cumulative_amount is None:
-            raise fail("extra.channelState.chargedCumulativeAmount", "is required")
-        charged, reported = extra.charged_amount, cs.charged_cumulative_amount
-        if charged > payment.price:
-            raise fail("extra.chargedAmount", f"{charged} exceeds the price {payment.price}")
-        if cs.channel_id != payment.channel_id:
-            raise fail("extra.channelState.channelId", "is not this payment's channel")
-        if response.network != payment.requirements.network:
-            raise fail("network", f"{response.network} is not {payment.requirements.network}")
-        if payment.deposit_amount is not None and response.amount not in (
-            None,
-            payment.deposit_amount,
-        ):
-            raise fail("amount", f"deposited {response.amount}, signed {payment.deposit_amount}")
-        receipt = extra.receipt
-        if receipt is None:
-            if self.require_receipt if require_receipt is None else require_receipt:
-                raise fail("extra.receipt", "is required (require_receipt=True)")
-            return charged, reported, cs.balance
-        verify_receipt(
-            receipt,
-            payment.requirements.chain_id,
-            self.settlement,
-            payment.requirements.extra.receiver_authorizer,
-        )
-        r = receipt.receipt
-        if r.channel_id != payment.channel_id:
-            raise fail("extra.receipt.channelId", "is not this payment's channel")
-        if r.charged_amount != charged or r.cumulative_charged != reported:
-            raise fail(
-                "extra.receipt", "charge figures differ from extra.chargedAmount/channelState"
-            )
-        if request_digest is not None and r.request_digest != request_digest:
-            raise fail("extra.receipt.requestDigest", "is not the digest of the request sent")
-        if result_digest is not None and r.result_digest != result_digest:
-            raise fail("extra.receipt.resultDigest", "is not the digest of the answer received")
-        return charged, reported, cs.balance
+            self._file.update(rec.channel_id, halted=reason)
 
     def _settle_refund(self, payment: Payment, response: SettleResponse) -> ChannelRecord:
         cid = payment.channel_id
@@ -790,76 +515,7 @@ class Payer:
             assert rec is not None
             if not response.success:
                 return rec
-            refunded = response.amount or 0
             cs = response.extra.channel_state if response.extra else None
-            balance = cs.balance if cs is not None else max(rec.balance - refunded, rec.charged)
-            self._db.execute(
-                "UPDATE channels SET balance = ? WHERE channel_id = ?", (str(balance), cid)
-            )
+            balance = payer_rules.refund_balance(_view(rec), response.amount or 0, cs)
+            self._file.update(cid, balance=balance)
             return replace(rec, balance=balance)
-
-
-def _failer(code: ErrorCode) -> Callable[[str, str], PaymentError]:
-    return lambda field, message: PaymentError(code, field, message)
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT: several payer processes may share one file."""
-
-    __slots__ = ("_db", "_owner")
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._owner = True
-        else:
-            self._owner = False
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if not self._owner:
-            return
-        self._db.execute(
-            "ROLLBACK" if exc_type is not None and exc_type is not ChannelHalted else "COMMIT"
-        )
-
-
-def _record(row: tuple) -> ChannelRecord:
-    cid, chain_id, settlement, config, floor, smax, sig, charged, balance, halted = row
-    c = json.loads(config)
-    cfg = ChannelConfig(
-        to_address(c["payer"]),
-        to_address(c["payerAuthorizer"]),
-        to_address(c["receiver"]),
-        to_address(c["receiverAuthorizer"]),
-        to_address(c["token"]),
-        int(c["withdrawDelay"]),
-        bytes.fromhex(c["salt"][2:]),
-    )
-    return ChannelRecord(
-        cid,
-        chain_id,
-        settlement,
-        cfg,
-        int(floor),
-        int(smax),
-        sig,
-        int(charged),
-        int(balance),
-        halted,
-    )
-
-
-# --- the HTTP shell moved to channels/client.py; these names stay importable from here ----
-
-_MOVED = {"PaidResponse", "PaymentClient"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:  # lazily: client imports this module, and aiohttp only when used
-        from . import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'channels.sdk.payer' has no attribute {name!r}")

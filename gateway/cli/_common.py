@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -49,11 +51,12 @@ def add_key_flag(parser: argparse.ArgumentParser, *, required: bool = True) -> N
 
 def load_key(args: argparse.Namespace) -> str:
     """The hex private key from ``--key-file`` or ``PAYCHAN_KEY``; raises CliError if neither."""
-    if getattr(args, "key_file", None):
+    key_file: Path | None = getattr(args, "key_file", None)
+    if key_file:
         try:
-            key = args.key_file.read_text().strip()
+            key = key_file.read_text().strip()
         except OSError as exc:
-            raise CliError(f"--key-file: cannot read {args.key_file}: {exc.strerror}", EXIT_USAGE)
+            raise CliError(f"--key-file: cannot read {key_file}: {exc.strerror}", EXIT_USAGE)
     else:
         key = os.environ.get("PAYCHAN_KEY", "").strip()
         if not key:
@@ -71,3 +74,22 @@ def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str] | None
         sys.stdout.write("\n")
     else:
         print(human(data))
+
+
+# Fewer items than this get no progress bar: it would only flicker.
+PROGRESS_FROM = 4
+
+
+async def with_progress(tasks: Sequence[Awaitable[object]], title: str) -> None:
+    """A transient progress bar on the terminal until every task is done (results: await them).
+
+        await with_progress(tasks, "classifying")
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(title, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as progress:
+        bar = progress.add_task(title, total=len(tasks))
+        for done in asyncio.as_completed(tasks):
+            await done
+            progress.advance(bar)

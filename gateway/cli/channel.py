@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.cli._common import (
     EXIT_FAILED,
@@ -41,6 +41,9 @@ from gateway.cli._common import (
     emit,
     load_key,
 )
+
+if TYPE_CHECKING:  # the SDK loads aiohttp and web3: only inside the handlers at run time
+    from channels.sdk import ChannelRecord, PaymentClient, WithdrawStatus
 
 __all__ = ["add_gateway_flag", "add_state_flag", "open_client", "register", "run_sdk"]
 
@@ -61,14 +64,14 @@ def add_gateway_flag(parser: argparse.ArgumentParser, *, required: bool) -> None
 
 
 def state_path(args: argparse.Namespace) -> Path:
-    from channels.sdk.client import DEFAULT_STATE
+    from channels.sdk.inputs import DEFAULT_STATE
 
     return (args.state or DEFAULT_STATE).expanduser()
 
 
-def open_client(args: argparse.Namespace, **kwargs: Any) -> Any:
+def open_client(args: argparse.Namespace, **kwargs: Any) -> PaymentClient:
     """A `channels.PaymentClient` for the key of ``--key-file`` / PAYCHAN_KEY and ``--state``."""
-    from channels.sdk.client import InputError, PaymentClient
+    from channels.sdk import InputError, PaymentClient
 
     key = load_key(args)
     try:
@@ -79,12 +82,12 @@ def open_client(args: argparse.Namespace, **kwargs: Any) -> Any:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def run_sdk(work: Callable[[], Awaitable[T]]) -> T:
+def run_sdk(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an SDK coroutine, turning its typed errors into one-line CliErrors with exit codes."""
     from channels import PaymentError
-    from channels.sdk import ChannelHalted
-    from channels.sdk.client import (
+    from channels.sdk import (
         ChainError,
+        ChannelHalted,
         GatewayUnreachable,
         InputError,
         PaymentRefused,
@@ -119,7 +122,7 @@ def _amount(text: str) -> int:
 # --------------------------------------------------------------------------- the command
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "channel",
         help="the payer's channels: list, show, refund, withdraw, sync",
@@ -201,8 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sync.set_defaults(handler=_sync)
 
 
-def _records(args: argparse.Namespace) -> list[Any]:
-    from channels.sdk.payer import Payer
+def _records(args: argparse.Namespace) -> list[ChannelRecord]:
+    from channels.sdk import Payer
 
     path = state_path(args)
     try:
@@ -214,8 +217,8 @@ def _records(args: argparse.Namespace) -> list[Any]:
         raise CliError(f"--state: {exc}", EXIT_USAGE) from None
 
 
-def _record_json(rec: Any) -> dict[str, Any]:
-    from channels.protocol.eip712 import checksum_address
+def _record_json(rec: ChannelRecord) -> dict[str, Any]:
+    from channels.protocol import checksum_address
 
     return {
         "channelId": "0x" + rec.channel_id.hex(),
@@ -235,13 +238,14 @@ def _record_json(rec: Any) -> dict[str, Any]:
 async def _gateway_view(gateway: str, channel_hex: str) -> dict[str, Any] | None:
     import aiohttp
 
-    from channels.sdk.client import GatewayUnreachable
+    from channels.sdk import GatewayUnreachable
 
     url = f"{gateway.rstrip('/')}/v1/channels/{channel_hex}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
             async with s.get(url) as r:
-                return await r.json() if r.status == 200 else None
+                view: dict[str, Any] | None = await r.json() if r.status == 200 else None
+                return view
     except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         raise GatewayUnreachable(url, exc) from exc
 
@@ -249,7 +253,7 @@ async def _gateway_view(gateway: str, channel_hex: str) -> dict[str, Any] | None
 def _list(args: argparse.Namespace) -> int:
     rows = [_record_json(r) for r in _records(args)]
     if args.gateway:
-        async def views() -> list[Any]:
+        async def views() -> list[dict[str, Any] | None]:
             return [await _gateway_view(args.gateway, row["channelId"]) for row in rows]
 
         for row, view in zip(rows, run_sdk(views)):
@@ -274,9 +278,10 @@ def _human_list(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pick(args: argparse.Namespace) -> Any:
+def _pick(args: argparse.Namespace) -> ChannelRecord:
     """The channel named on the command line, else the only one in the state file."""
-    from channels.sdk.client import InputError, parse_channel_id
+    from channels.sdk import InputError
+    from channels.sdk.inputs import parse_channel_id
 
     records = _records(args)
     if args.channel_id:
@@ -302,7 +307,7 @@ def _show(args: argparse.Namespace) -> int:
         if args.gateway:
             data["gateway"] = await _gateway_view(args.gateway, data["channelId"])
         if args.rpc:
-            from channels.sdk.client import read_onchain
+            from channels.sdk.onchain import read_onchain
 
             onchain = await read_onchain(args.rpc, rec.channel_id, settlement=rec.settlement)
             data["chain"] = {"balance": str(onchain.balance),
@@ -353,7 +358,7 @@ def _withdraw(args: argparse.Namespace) -> int:
                        EXIT_USAGE)
     cid = _pick(args).channel_id if args.channel_id or not args.gateway else None
 
-    async def work() -> Any:
+    async def work() -> WithdrawStatus:
         async with open_client(args) as client:
             if args.step == "initiate":
                 return await client.withdraw(args.amount, channel_id=cid)

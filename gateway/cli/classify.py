@@ -27,17 +27,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag, add_key_flag, emit
+from gateway.cli._common import (
+    EXIT_USAGE,
+    PROGRESS_FROM,
+    CliError,
+    add_json_flag,
+    add_key_flag,
+    emit,
+    with_progress,
+)
 from gateway.cli.channel import add_gateway_flag, add_state_flag, open_client, run_sdk
+
+if TYPE_CHECKING:  # the SDK loads aiohttp and web3: only inside the handler at run time
+    from channels.sdk import PaymentClient
 
 __all__ = ["register"]
 
-_PROGRESS_FROM = 4  # fewer images than this get no progress bar (it would only flicker)
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "classify",
         help="pay a gateway for predictions (the SDK's classify)",
@@ -65,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from channels.sdk.client import MAX_TOP_K, InputError, load_image
+    from channels.sdk import InputError
+    from channels.sdk.inputs import MAX_TOP_K, load_image
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise CliError(f"--top-k {args.top_k}: must be between 1 and {MAX_TOP_K}", EXIT_USAGE)
@@ -91,7 +101,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _expand(items: list[Path]) -> list[Path]:
-    from channels.sdk.client import IMAGE_SUFFIXES
+    from channels.sdk.inputs import IMAGE_SUFFIXES
 
     paths: list[Path] = []
     for item in items:
@@ -106,8 +116,8 @@ def _expand(items: list[Path]) -> list[Path]:
     return paths
 
 
-async def _classify_all(args: argparse.Namespace, client: Any, paths: list[Path]) -> dict[str, Any]:
-    from channels.sdk.client import RequestFailed
+async def _classify_all(args: argparse.Namespace, client: PaymentClient, paths: list[Path]) -> dict[str, Any]:
+    from channels.sdk import RequestFailed
 
     gate = asyncio.Semaphore(args.concurrency)
 
@@ -125,8 +135,8 @@ async def _classify_all(args: argparse.Namespace, client: Any, paths: list[Path]
     async with client:
         tasks = [asyncio.ensure_future(one(p)) for p in paths]
         try:
-            if not args.json and len(tasks) >= _PROGRESS_FROM:
-                await _with_progress(tasks)
+            if not args.json and len(tasks) >= PROGRESS_FROM:
+                await with_progress(tasks, "paying & classifying")
             results = [await t for t in tasks]
         finally:
             for t in tasks:
@@ -140,17 +150,6 @@ async def _classify_all(args: argparse.Namespace, client: Any, paths: list[Path]
                           "balance": str(record.balance), "charged": str(record.charged),
                           "remaining": str(max(record.balance - record.charged, 0))}
     return out
-
-
-async def _with_progress(tasks: list[asyncio.Future]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("paying & classifying", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as progress:
-        bar = progress.add_task("classify", total=len(tasks))
-        for done in asyncio.as_completed(tasks):
-            await done
-            progress.advance(bar)
 
 
 def _human(data: dict[str, Any]) -> str:

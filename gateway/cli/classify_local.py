@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from gateway.cli._common import EXIT_FAILED, EXIT_USAGE, CliError, add_json_flag, emit
+from gateway.cli._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROGRESS_FROM,
+    CliError,
+    add_json_flag,
+    emit,
+    with_progress,
+)
 
 __all__ = ["register"]
 
-# Many images on the terminal get a progress bar; below this it would only flicker.
-_PROGRESS_FROM = 4
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "classify-local",
         help="classify images with the local model, no payment",
@@ -85,33 +91,20 @@ async def _classify_all(args: argparse.Namespace, bodies: list[bytes]) -> dict[s
             return {"image": str(path), "predictions": [p.to_json() for p in preds]}
 
         tasks = [asyncio.ensure_future(one(p, b)) for p, b in zip(args.images, bodies)]
-        if not args.json and len(tasks) >= _PROGRESS_FROM:
-            await _with_progress(tasks)
+        if not args.json and len(tasks) >= PROGRESS_FROM:
+            await with_progress(tasks, "classifying")
         results = [await t for t in tasks]
     return {"model": classifier.version.to_json(), "device": classifier.device,
             "images": results}
 
 
-def _status(args: argparse.Namespace, text: str) -> Any:
+def _status(args: argparse.Namespace, text: str) -> contextlib.AbstractContextManager[object]:
     """A spinner on stderr for humans; nothing under --json."""
-    import contextlib
-
     if args.json:
         return contextlib.nullcontext()
     from rich.console import Console
 
     return Console(stderr=True).status(text)
-
-
-async def _with_progress(tasks: list[asyncio.Future]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("classifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as progress:
-        bar = progress.add_task("classify", total=len(tasks))
-        for done in asyncio.as_completed(tasks):
-            await done
-            progress.advance(bar)
 
 
 def _human(data: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from gateway.cli._common import EXIT_USAGE, CliError, add_json_flag, emit
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="run chain, gateway, model, paying client and settlement end to end",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=Path, help="folder of .jpg/.png/.webp images (default: the bundled photos)")

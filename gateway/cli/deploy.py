@@ -24,7 +24,7 @@ from gateway.cli._common import (
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("deploy", help="deploy the settlement contracts", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rpc", required=True, help="EVM JSON-RPC URL, e.g. http://127.0.0.1:8545")

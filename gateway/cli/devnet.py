@@ -14,13 +14,14 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from gateway.cli._common import CliError, add_json_flag, emit
 
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("devnet", help="run anvil with the contracts placed and funded test accounts",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=8545, help="port to listen on (default 8545)")
@@ -29,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_handle)
 
 
-def _human(d: dict[str, object]) -> str:
+def _human(d: dict[str, Any]) -> str:
     lines = [f"anvil listening on {d['rpc']} (chain id {d['chain_id']})"]
     lines += [f"  {k:10s} {d[k]}" for k in ("settlement", "collector", "token", "registry")]
     lines.append("  test accounts (well-known anvil TEST keys, 1,000,000 USDC each):")
-    lines += [f"    {a}" for a in d["accounts"]]  # type: ignore[union-attr]
+    lines += [f"    {a}" for a in d["accounts"]]
     lines.append("Ctrl-C to stop.")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from gateway.cli.channel import run_sdk
 __all__ = ["register"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "models",
         help="the model versions a gateway serves",
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_list)
 
 
-def _flags(parser: argparse.ArgumentParser, default: Any) -> None:
+def _flags(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--gateway", "--url", dest="gateway", metavar="URL", default=default,
                         help="the gateway's base URL, e.g. http://127.0.0.1:8402")
     if default is argparse.SUPPRESS:
@@ -51,10 +51,11 @@ def _list(args: argparse.Namespace) -> int:
 
     if not args.gateway:
         raise CliError("--gateway URL is required (e.g. http://127.0.0.1:8402)", EXIT_USAGE)
-    from channels.sdk.client import PaymentClient
+    from channels.sdk import PaymentClient
 
     async def work() -> list[dict[str, Any]]:
-        from channels import Payer, Signer
+        from channels.protocol import Signer
+        from channels.sdk import Payer
 
         # Listing is free: a throwaway in-memory payer, never asked to sign.
         payer = Payer(Signer(b"\x01" * 32), ":memory:")

@@ -30,15 +30,22 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from gateway.cli._common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, add_json_flag
+
+if TYPE_CHECKING:  # aiohttp loads inside the handler: `paychan --help` stays instant
+    from aiohttp import web
+
+    from gateway.config import GatewayConfig
 
 __all__ = ["config_from_args", "register", "run_server"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the paid classification gateway",
@@ -96,7 +103,7 @@ _FLAG_FIELDS = (
 )
 
 
-def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None):
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """The GatewayConfig for parsed ``serve`` arguments (flags > env > TOML > defaults)."""
     from gateway.config import ConfigError, GatewayConfig
 
@@ -135,7 +142,7 @@ def _handle(args: argparse.Namespace) -> int:
     return _run_workers(config)
 
 
-def run_server(config: Any, *, reuse_port: bool = False) -> None:
+def run_server(config: GatewayConfig, *, reuse_port: bool = False) -> None:
     """Serve ``config`` in this process until SIGINT/SIGTERM (drains in-flight requests)."""
     from gateway.app import create_app
 
@@ -148,7 +155,7 @@ def run_server(config: Any, *, reuse_port: bool = False) -> None:
     _run_until_signalled(app, config, reuse_port=reuse_port)
 
 
-def _run_until_signalled(app: Any, config: Any, *, reuse_port: bool) -> None:
+def _run_until_signalled(app: web.Application, config: GatewayConfig, *, reuse_port: bool) -> None:
     """``web.run_app`` with the gateway's runner: its protocol cuts slow clients off and caps
     connections per address (``gateway.connections``), which ``run_app``'s own runner cannot.
 
@@ -179,7 +186,7 @@ def _run_until_signalled(app: Any, config: Any, *, reuse_port: bool) -> None:
             loop.close()
 
 
-async def _serve_forever(app: Any, config: Any, *, reuse_port: bool) -> None:
+async def _serve_forever(app: web.Application, config: GatewayConfig, *, reuse_port: bool) -> None:
     """Start ``app`` on ``config.host:port`` through ``GatewayRunner``; clean up when stopped."""
     from aiohttp import web
 
@@ -200,7 +207,7 @@ async def _serve_forever(app: Any, config: Any, *, reuse_port: bool) -> None:
 _GC_YOUNG_THRESHOLD = 50_000
 
 
-async def _tune_collector(app: Any) -> None:
+async def _tune_collector(app: web.Application) -> None:
     """Take what startup built out of the garbage collector's reach, and collect less often.
 
     With CPython's defaults a serving process spent about 18 µs of every paid request in the
@@ -218,12 +225,12 @@ async def _tune_collector(app: Any) -> None:
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def _worker_main(config: Any) -> None:
+def _worker_main(config: GatewayConfig) -> None:
     # A worker is a fresh interpreter (spawn): no inherited event loop, torch threads or sockets.
     run_server(config, reuse_port=True)
 
 
-def _run_workers(config: Any) -> int:
+def _run_workers(config: GatewayConfig) -> int:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -236,7 +243,7 @@ def _run_workers(config: Any) -> int:
         proc.start()
         procs.append(proc)
 
-    def forward(signum: int, _frame: Any) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)

@@ -32,7 +32,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli._common import (
     EXIT_FAILED,
@@ -43,12 +43,15 @@ from gateway.cli._common import (
     emit,
 )
 
+if TYPE_CHECKING:  # web3 and the stores load with the command, not with the CLI
+    from channels.provider import Provider, TxFailed, TxResult
+
 __all__ = ["register", "settle_once", "settle_via_gateway"]
 
 Progress = Callable[[str], None]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "settle",
         help="claim every charged channel and settle to the receiver, now",
@@ -257,12 +260,12 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
     Raises CliError: EXIT_UNREACHABLE (RPC or Redis down), EXIT_USAGE (no contract at the
     settlement address), EXIT_FAILED (a transaction failed on-chain).
     """
-    from channels.provider.chain import ChainClient, TxFailed, TxPolicy, TxResult, is_transport_error
-    from channels.protocol.eip712 import checksum_address
-    from channels.provider.settler import Settler, SettlerPolicy
-    from channels.protocol.signing import Signer
-    from channels.provider.txjournal import TxJournal
-    from gateway.payments import close_web3, connect_rpc, open_ledger, settlement_json
+    from eth_utils.address import to_checksum_address
+
+    from channels.protocol import checksum_address
+    from channels.provider import TxFailed, is_transport_error
+    from gateway.payments import close_web3, connect_rpc, provider_config
+    from gateway.views import settlement_json
 
     say = progress or (lambda _text: None)
     say(f"connecting to {config.rpc_url}...")
@@ -272,18 +275,13 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
         raise CliError(str(exc), EXIT_UNREACHABLE) from None
     try:
         chain_id = int(await w3.eth.chain_id)
-        settlement = checksum_address(config.settlement)
+        settlement = to_checksum_address(config.settlement)
         if not bytes(await w3.eth.get_code(settlement)):
             raise CliError(f"--settlement: no contract at {settlement} on chain {chain_id}; "
                            "pass the settlement address the gateway uses", EXIT_USAGE)
-        async with _ledger(config, chain_id, open_ledger) as store:
-            signer = Signer(config.key)
-            chain = ChainClient(w3, config.key, journal=TxJournal(store), settlement=settlement,
-                                collector=config.collector,
-                                policy=TxPolicy(receipt_timeout_s=config.tx_timeout_s))
-            receiver = checksum_address(config.receiver) if config.receiver else signer.address
-            settler = Settler(chain, store, authorizer=signer, receiver=receiver, token=config.token,
-                              policy=SettlerPolicy(batch_size=config.claim_batch_size))
+        async with _provider(config, w3, chain_id) as provider:
+            store, chain, settler = provider.store, provider.chain, provider.settler
+            receiver = settler.receiver
             pending = await chain.journal.pending(chain.address)
             if pending:
                 say(f"finishing {len(pending)} transaction(s) a previous run left pending...")
@@ -313,7 +311,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
         "settlement": settlement,
         "receiver": receiver,
         "token": checksum_address(config.token),
-        "recovered": [_recovered_json(r, TxResult) for r in recovered],
+        "recovered": [_recovered_json(r) for r in recovered],
         # charged channels this key cannot claim (another receiverAuthorizer) or that a
         # pending claim already covers
         "not_claimable": len(everything) - len(targets),
@@ -322,11 +320,14 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
 
 
 @contextlib.asynccontextmanager
-async def _ledger(config: Any, chain_id: int, open_ledger: Any) -> AsyncIterator[Any]:
+async def _provider(config: Any, w3: Any, chain_id: int) -> AsyncIterator[Provider]:
+    """The provider side ``config`` names (its ledger store opened), closed on the way out."""
+    from channels.provider import open_provider
     from channels.provider.store.sqlite import LedgerLocked
+    from gateway.payments import provider_config
 
     try:
-        store = await open_ledger(config, chain_id)
+        provider = await open_provider(w3, provider_config(config), chain_id=chain_id)
     except LedgerLocked as exc:  # a gateway took the file since _config looked
         raise CliError(_owned_message(exc.path, exc.holder), EXIT_FAILED) from None
     except Exception as exc:
@@ -336,10 +337,12 @@ async def _ledger(config: Any, chain_id: int, open_ledger: Any) -> AsyncIterator
                            EXIT_UNREACHABLE) from None
         raise
     try:
-        yield store
+        yield provider
     finally:
-        await store.flush()
-        await store.close()
+        try:
+            await provider.store.flush()
+        finally:
+            await provider.close()
 
 
 @contextlib.asynccontextmanager
@@ -373,8 +376,10 @@ def _is_redis_outage(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError | RedisTimeoutError)
 
 
-def _recovered_json(result: Any, tx_result: type) -> dict[str, Any]:
-    if isinstance(result, tx_result):
+def _recovered_json(result: TxResult | TxFailed) -> dict[str, Any]:
+    from channels.provider import TxResult
+
+    if isinstance(result, TxResult):
         return {"kind": result.entry.kind, "tx": result.tx_hash, "status": "mined",
                 "gas_used": result.gas_used}
     entry = getattr(result, "entry", None)

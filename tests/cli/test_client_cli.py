@@ -145,7 +145,7 @@ def _onchain(node, cid_hex: str) -> tuple[int, int, int]:
     """(balance, totalClaimed, withdrawRequestedAt) of a channel on `node`."""
     import asyncio
 
-    from channels.sdk.client import read_onchain
+    from channels.sdk import read_onchain
 
     state = asyncio.run(read_onchain(node.url, cid_hex))
     return state.balance, state.total_claimed, state.withdraw_requested_at

@@ -25,7 +25,7 @@ from channels.sdk.payer import Payer
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.keys import METRICS, PAYMENTS
-from inference.classifier import NullClassifier
+from inference import NullClassifier
 from tests.gateway.serving import serve
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.anvil]

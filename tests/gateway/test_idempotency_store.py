@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from channels.protocol.ledger import AcceptInput, LedgerPolicy, Synced
+from channels.protocol import AcceptInput, LedgerPolicy, Synced
 from channels.provider.store import IdempotencyRecord, open_store
 from channels.provider.store._codec import decode_idem, encode_idem
-from gateway.payments import request_digest
+from gateway.paid_answers import request_digest
 
 REDIS_DB = 11
 CONTRACT = "0x" + "4c" * 20

@@ -42,7 +42,7 @@ async def test_a_tick_of_receipts_is_one_signature_each_verifiable(count: int) -
         forged = channels.SignedReceipt(receipts[1].receipt, receipts[0].signature, receipts[0].proof)
         with pytest.raises(channels.PaymentError):
             channels.verify_receipt(forged, 31337, SETTLEMENT, PROVIDER.address)
-    bumped = channels.protocol.wire.Receipt(*_ask(0)[:1], receipts[0].receipt.request_digest,
+    bumped = channels.protocol.Receipt(*_ask(0)[:1], receipts[0].receipt.request_digest,
                                    receipts[0].receipt.result_digest, bytes(32), 10, 11)
     with pytest.raises(channels.PaymentError):
         channels.verify_receipt(channels.SignedReceipt(bumped, receipts[0].signature, receipts[0].proof),

@@ -16,7 +16,7 @@ import pytest
 
 import channels
 from channels import PaymentClient
-from channels.sdk.client import PaymentRefused
+from channels.sdk import PaymentRefused
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.keys import PAYMENTS

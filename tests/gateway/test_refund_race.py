@@ -23,8 +23,8 @@ import pytest
 
 import channels
 from channels import PaymentClient
-from channels.sdk.client import PaymentRefused
-from channels.protocol.wire import PaymentPayload, Voucher, VoucherPayload, encode_payment_signature
+from channels.sdk import PaymentRefused
+from channels.protocol import PaymentPayload, Voucher, VoucherPayload, encode_payment_signature
 from contracts import DEV_KEYS
 from gateway.app import create_app
 from gateway.keys import PAYMENTS

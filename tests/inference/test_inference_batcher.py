@@ -14,6 +14,7 @@ from inference import (
     ClassifierClosed,
     DeadlineExceeded,
     EmptyImage,
+    ImageClassifier,
     ImageLimits,
     ImageTooLarge,
     Overloaded,
@@ -171,3 +172,13 @@ async def test_null_classifier_answers_at_once_with_the_same_interface() -> None
     await null.close()
     with pytest.raises(ClassifierClosed):
         await null.classify([b"x"])
+
+
+def test_both_classifiers_offer_the_seam_a_server_holds(lite0) -> None:
+    """``ImageClassifier`` is what the gateway is typed against: the batcher and the null
+    classifier both have every member of it (mypy checks the signatures)."""
+    members = [name for name in vars(ImageClassifier)
+               if not name.startswith("_") and name not in vars(object)]
+    assert {"classify", "check", "start", "close", "stats", "version", "batch_cap"} <= set(members)
+    for clf in (Classifier.from_model(lite0, max_batch=1), Classifier.null()):
+        assert all(hasattr(clf, name) for name in members), type(clf).__name__

@@ -20,7 +20,7 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 
 import channels
 from channels.protocol import eip712
-from channels.protocol.wire import ChannelConfig, Receipt
+from channels.protocol import ChannelConfig, Receipt
 
 _DOMAIN_FIELDS = [
     {"name": "name", "type": "string"},

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from channels import ErrorCode
-from channels.protocol.ledger import (
+from channels.protocol import (
     AcceptInput,
     ChannelState,
     Claimed,
@@ -22,6 +22,8 @@ from channels.protocol.ledger import (
     UnknownReservation,
     WithdrawFinalized,
     WithdrawInitiated,
+)
+from channels.protocol.ledger import (
     accept,
     apply_fact,
     claim_target,

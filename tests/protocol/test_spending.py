@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from channels import ErrorCode
-from channels.protocol.ledger import (
+from channels.protocol import (
     AcceptInput,
     ChannelState,
     Claimed,
@@ -18,11 +18,8 @@ from channels.protocol.ledger import (
     Rejection,
     Reservation,
     Synced,
-    accept,
-    apply_fact,
-    commit,
-    new_channel,
 )
+from channels.protocol.ledger import accept, apply_fact, commit, new_channel
 from channels.protocol.spending import RefundPlan, begin_refund, end_spend
 
 CID = bytes(range(32))

@@ -11,7 +11,7 @@ from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
 
 import channels
 from channels import ErrorCode, PaymentError
-from channels.protocol.wire import ChannelConfig, Voucher
+from channels.protocol import ChannelConfig, Voucher
 
 ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 ANVIL_KEY_2 = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"

@@ -22,7 +22,7 @@ from x402.schemas import PaymentRequirements as X402PaymentRequirements
 
 import channels
 from channels import ErrorCode, PaymentError
-from channels.protocol.wire import (
+from channels.protocol import (
     BatchExtra,
     ChannelConfig,
     ChannelStateSnapshot,

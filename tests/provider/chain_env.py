@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth_typing import HexStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import channels
-from channels.provider.chain import ChainClient, TxPolicy
-from channels.provider.facilitator import Facilitator
-from channels.protocol.ledger import AcceptInput
-from channels.provider.txjournal import TxJournal
+from channels.protocol import AcceptInput
+from channels.provider import ChainClient, Facilitator, ProviderConfig, TxPolicy, open_provider
 from contracts import DEV_KEYS, Anvil, send_transaction
 from gateway.payments import close_web3
 
@@ -48,7 +47,7 @@ class ChainEnv:
     """One anvil, the provider's client/store/facilitator, and payer helpers."""
 
     node: Anvil
-    w3: AsyncWeb3
+    w3: AsyncWeb3[Any]
     store: Any
     chain: ChainClient
     facilitator: Facilitator
@@ -156,7 +155,7 @@ class ChainEnv:
         store = store or self.store
         cid = self.cid(config)
         st = await store.get(cid)
-        charged = st.charged
+        charged: int = st.charged
         for _ in range(n):
             v = self.voucher(payer_key, config, charged + price)
             req = os.urandom(8).hex()
@@ -179,7 +178,7 @@ class ChainEnv:
         return await send_transaction(
             self.w3,
             payer_key,
-            {"to": self.deployment.settlement, "data": "0x" + data.hex()},
+            {"to": self.deployment.settlement, "data": HexStr("0x" + data.hex())},
             what=fn,
         )
 
@@ -189,16 +188,22 @@ async def make_env(
 ) -> ChainEnv:
     """One gateway's chain-side objects (default store: a SQLite file in `tmp`)."""
     w3 = AsyncWeb3(AsyncHTTPProvider(node.url, request_kwargs={"timeout": 10}))
-    d = node.deployment
     url = store_url or f"sqlite:///{tmp / 'ledger.sqlite3'}"
-    store = await channels.provider.open_store(url, chain_id=d.chain_id, contract=d.settlement)
-    chain = ChainClient(
-        w3,
-        PROVIDER_KEY,
-        journal=TxJournal(store),
+    provider = await open_provider(w3, provider_config(node.deployment, url, policy=policy))
+    return ChainEnv(node, w3, provider.store, provider.chain, provider.facilitator, url, tmp)
+
+
+def provider_config(
+    d: Any, store_url: str, *, policy: TxPolicy | None = None, **options: Any
+) -> ProviderConfig:
+    """The provider side of these tests on deployment `d` (PROVIDER_KEY sends and signs)."""
+    return ProviderConfig(
+        key=PROVIDER_KEY,
+        store=store_url,
+        token=d.token,
         settlement=d.settlement,
         collector=d.collector,
-        policy=policy or TxPolicy(poll_s=0.05, bump_after_s=30),
+        tx_policy=policy or TxPolicy(poll_s=0.05, bump_after_s=30),
+        **options,
     )
-    fac = Facilitator(chain, store, authorizer=channels.Signer(PROVIDER_KEY))
-    return ChainEnv(node, w3, store, chain, fac, url, tmp)
+

@@ -14,10 +14,7 @@ import signal
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-import channels
-from channels.provider.chain import ChainClient, TxPolicy
-from channels.provider.settler import ChainSync, SettlerPolicy
-from channels.provider.txjournal import TxJournal
+from channels.provider import ProviderConfig, SettlerPolicy, TxPolicy, open_provider
 
 
 async def main() -> None:
@@ -30,27 +27,21 @@ async def main() -> None:
     args = ap.parse_args()
     key = os.environ["PAYCHAN_KEY"]
     w3 = AsyncWeb3(AsyncHTTPProvider(args.rpc, request_kwargs={"timeout": 10}))
-    chain_id = int(await w3.eth.chain_id)
-    store = await channels.provider.open_store(args.store, chain_id=chain_id, contract=args.settlement)
-    chain = ChainClient(
+    provider = await open_provider(
         w3,
-        key,
-        journal=TxJournal(store),
-        settlement=args.settlement,
-        collector=args.collector,
-        policy=TxPolicy(poll_s=0.05, bump_after_s=args.bump_after),
+        ProviderConfig(
+            key=key,
+            store=args.store,
+            token=args.token,
+            settlement=args.settlement,
+            collector=args.collector,
+            tx_policy=TxPolicy(poll_s=0.05, bump_after_s=args.bump_after),
+            settler_policy=SettlerPolicy(claim_threshold=args.threshold, interval_s=args.interval),
+            start_block=0,
+            poll_s=0.1,
+        ),
     )
-    signer = channels.Signer(key)
-    sync = ChainSync(
-        chain,
-        store,
-        authorizer=signer,
-        receiver=signer.address,
-        token=args.token,
-        start_block=0,
-        poll_s=0.1,
-        policy=SettlerPolicy(claim_threshold=args.threshold, interval_s=args.interval),
-    )
+    sync = provider.sync
     task = asyncio.get_running_loop().create_task(sync.run())
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGTERM, task.cancel
@@ -61,7 +52,7 @@ async def main() -> None:
     except asyncio.CancelledError:
         pass
     finally:
-        await store.close()
+        await provider.close()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from chain_env import PRICE, PROVIDER_KEY, ChainEnv
 
 import channels
-from channels.provider.settler import MAX_BATCH, Settler, SettlerPolicy
+from channels.provider import MAX_BATCH, Settler, SettlerPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ async def test_claim_rows_follow_the_chain_when_the_store_is_behind(env: ChainEn
     re-reads the channels and claims what the chain still holds."""
     from chain_env import PAYER_KEYS, WITHDRAW_DELAY
 
-    from channels.provider.chain import config_tuple
+    from channels.provider import config_tuple
 
     ok, gone = await env.open_channel(10_000), await env.open_channel(10_000)
     await env.charge(ok, 2)

@@ -4,40 +4,23 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from chain_env import PAYER_KEYS, PROVIDER_KEY, ChainEnv
+from chain_env import PAYER_KEYS, ChainEnv, provider_config
 
 import channels
-from channels.provider.chain import ChainClient, TxPolicy
-from channels.provider.facilitator import Facilitator
-from channels.provider.settler import ChainSync
-from channels.provider.txjournal import TxJournal
+from channels.provider import TxPolicy, open_provider
 from contracts import embedded_chain
 
 
 async def test_deposit_claim_settle_refund_on_the_embedded_chain() -> None:
     emb = embedded_chain()
     d = emb.deployment
-    store = await channels.provider.open_store("memory://", chain_id=d.chain_id, contract=d.settlement)
-    chain = ChainClient(
-        emb.w3,
-        PROVIDER_KEY,
-        journal=TxJournal(store),
-        settlement=d.settlement,
-        collector=d.collector,
-        policy=TxPolicy(poll_s=0.01),
+    provider = await open_provider(
+        emb.w3, provider_config(d, "memory://", policy=TxPolicy(poll_s=0.01), start_block=0)
     )
-    fac = Facilitator(chain, store, authorizer=channels.Signer(PROVIDER_KEY))
+    store, chain, fac, sync = provider.store, provider.chain, provider.facilitator, provider.sync
     env = ChainEnv(SimpleNamespace(deployment=d), emb.w3, store, chain, fac, "memory://", None)  # type: ignore[arg-type]
     cfg = await env.open_channel(100_000)
     charged = await env.charge(cfg, 4)
-    sync = ChainSync(
-        chain,
-        store,
-        authorizer=env.provider,
-        receiver=env.provider.address,
-        token=d.token,
-        start_block=0,
-    )
     assert await sync.watcher.poll_once() == 1  # the deposit, seen again from the chain: idempotent
     before = await env.token_balance(env.provider.address)
     report = await sync.settler.run_once(force=True)

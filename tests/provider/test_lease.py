@@ -10,7 +10,7 @@ import pytest
 from chain_env import PRICE, PROVIDER_KEY, ChainEnv, make_env
 
 import channels
-from channels.provider.settler import ChainSync, RedisLease, SettlerPolicy, lease_for
+from channels.provider import ChainSync, RedisLease, SettlerPolicy, lease_for
 from tests.polling import until
 
 pytestmark = pytest.mark.redis

@@ -10,7 +10,7 @@ import pytest
 from chain_env import PRICE, PROVIDER_KEY, ChainEnv
 
 import channels
-from channels.provider.settler import ChainSync, SettlerPolicy
+from channels.provider import ChainSync, SettlerPolicy
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from channels.protocol.ledger import ClaimTarget
-from channels.provider.settler import SettlerPolicy, claim_reason
+from channels.protocol import ClaimTarget
+from channels.provider import SettlerPolicy, claim_reason
 
 
 def _target(

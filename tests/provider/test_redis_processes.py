@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis
 
-from channels.protocol.ledger import AcceptInput, LedgerPolicy, Reservation, Synced
+from channels.protocol import AcceptInput, LedgerPolicy, Reservation, Synced
 from channels.provider.store import open_store
 
 REDIS_DB = 11

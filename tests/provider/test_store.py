@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 
 from channels import ChannelConfig, ErrorCode
 from channels.protocol import ledger
-from channels.protocol.ledger import (
+from channels.protocol import (
     AcceptInput,
+    ChannelState,
+    Charge,
     Claimed,
     Deposited,
     LedgerPolicy,
@@ -114,7 +116,7 @@ async def _reopen(store: Store, url: str) -> Store:
     return await _open(url)
 
 
-def _restarted(url: str, state: ledger.ChannelState) -> ledger.ChannelState:
+def _restarted(url: str, state: ChannelState) -> ChannelState:
     """A state as a reopened store has it: SQLite belongs to one process, so after a restart
     nothing is in flight (its holds are not written); Redis keeps the other processes' holds."""
     return replace(state, reservations=()) if url.startswith("sqlite") else state
@@ -349,7 +351,7 @@ _ops = st.lists(
 
 async def _differential(url: str, ops: list[tuple]) -> None:
     store = await _open(url)
-    model: dict[bytes, ledger.ChannelState] = {}
+    model: dict[bytes, ChannelState] = {}
     now, n = T0, 0
     cids = [cid_of(100), cid_of(101)]
     for c in cids:
@@ -536,7 +538,7 @@ async def test_commit_builds_the_stored_answer_from_the_committed_state(store):
     await store.apply_fact(cid, Synced(balance=1_000, total_claimed=0))
     await store.accept(acc(cid, 100, 100, "r1"))
 
-    def answer(st_: ledger.ChannelState, charge: ledger.Charge) -> bytes:
+    def answer(st_: ChannelState, charge: Charge) -> bytes:
         assert charge.channel_state == st_.channel_state
         return f"{charge.cumulative}/{st_.balance}".encode()
 
@@ -551,7 +553,7 @@ async def test_on_charge_sees_the_charge_once_before_the_disk_has_it(store):
     cid = cid_of(31)
     await store.apply_fact(cid, Synced(balance=1_000, total_claimed=0))
     await store.accept(acc(cid, 100, 100, "r1"))
-    seen: list[tuple[ledger.Charge, int | None]] = []
+    seen: list[tuple[Charge, int | None]] = []
     fsynced = lambda: getattr(store, "transactions", None)  # noqa: E731 - SQLite's fsync count
     before = fsynced()
     charge = await store.commit(cid, "r1", 100, T0, on_charge=lambda c: seen.append((c, fsynced())))

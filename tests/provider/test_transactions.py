@@ -8,7 +8,7 @@ import pytest
 from web3.exceptions import TransactionNotFound
 from chain_env import PROVIDER_KEY, ChainEnv, rpc
 
-from channels.provider.chain import ChainClient, SimulationFailed, TxPolicy
+from channels.provider import ChainClient, SimulationFailed, TxPolicy
 from channels.provider.txjournal import JournalEntry, SqliteKeyValue, TxJournal
 
 
@@ -46,7 +46,7 @@ async def test_stuck_transaction_is_fee_bumped_and_mined_once(env: ChainEnv) -> 
 
 async def test_a_reverting_call_is_never_sent(env: ChainEnv) -> None:
     cfg = env.config()  # never funded
-    from channels.provider.chain import ClaimRow
+    from channels.protocol import ClaimRow
 
     row = ClaimRow(cfg, 1_000, env.voucher("0x" + "22" * 32, cfg, 1_000).signature, 1_000)
     before = len(await env.chain.journal.entries())

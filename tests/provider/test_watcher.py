@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from chain_env import PAYER_KEYS, WITHDRAW_DELAY, ChainEnv, rpc
 
-from channels.provider.chain import config_tuple
-from channels.protocol.ledger import Synced
-from channels.provider.watcher import ChainEvent, Watcher
+from channels.provider import config_tuple
+from channels.protocol import Synced
+from channels.provider import ChainEvent, Watcher
 
 
 async def test_events_reach_the_ledger_and_the_cursor_resumes(env: ChainEnv) -> None:

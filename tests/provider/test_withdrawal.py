@@ -9,8 +9,8 @@ import asyncio
 from chain_env import PAYER_KEYS, PROVIDER_KEY, WITHDRAW_DELAY, ChainEnv
 
 import channels
-from channels.provider.chain import config_tuple
-from channels.provider.settler import ChainSync, SettlerPolicy
+from channels.provider import config_tuple
+from channels.provider import ChainSync, SettlerPolicy
 from tests.polling import until
 
 

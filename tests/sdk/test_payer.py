@@ -18,8 +18,8 @@ from x402.mechanisms.evm.batch_settlement.types import DepositPayload as X402Dep
 
 import channels
 from channels import ErrorCode
-from channels.sdk.payer import ChannelHalted, Payer, Payment, PaymentClient
-from channels.protocol.wire import (
+from channels.sdk import ChannelHalted, Payer, Payment, PaymentClient
+from channels.protocol import (
     BatchExtra,
     ChannelStateSnapshot,
     DepositPayload,
@@ -663,7 +663,7 @@ _CHILD = r"""
 import sys
 import channels
 from channels.sdk.payer import Payer
-from channels.protocol.wire import BatchExtra, PaymentRequirements
+from channels.protocol import BatchExtra, PaymentRequirements
 
 gateway = channels.Signer(sys.argv[3])
 offer = PaymentRequirements("eip155:31337", b"\x01" * 20, 1000, b"\x02" * 20, 300,

@@ -18,7 +18,7 @@ import pytest
 
 import channels
 from channels import PaymentClient
-from channels.sdk.client import PaymentRefused, RecoveryRefused, read_onchain
+from channels.sdk import PaymentRefused, RecoveryRefused, read_onchain
 from contracts import DEV_KEYS
 from tests.sdk.gateway_thread import PRICE
 from tests.sdk.proxies import RewritingProxy
@@ -178,7 +178,7 @@ async def test_forged_corrective_states_are_refused(paid_gateway, cat_jpeg, tmp_
 def test_adopt_checks_the_proof_without_a_server(tmp_path) -> None:
     """`Payer.adopt` alone: its own voucher is adopted (never below totalClaimed); another
     key's voucher, a charge above the signed maximum, or another channel are refused."""
-    from channels.protocol.wire import (
+    from channels.protocol import (
         BatchExtra, ChannelStateSnapshot, PaymentRequirements, VoucherStateSnapshot,
     )
 

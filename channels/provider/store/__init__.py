@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ...protocol.ledger import LedgerPolicy
+from channels.protocol import LedgerPolicy
 from ._codec import IdempotencyRecord
 from .base import Store
 from .memory import MemoryStore

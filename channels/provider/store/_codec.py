@@ -17,9 +17,13 @@ except ImportError:  # pragma: no cover - same JSON, slower
     def _dumps(d: Any) -> bytes:
         return json.dumps(d, separators=(",", ":")).encode()
 
-from ...protocol.errors import ErrorCode
-from ...protocol.ledger import ChannelState, PendingSpend, Reservation
-from ...protocol.wire import ChannelConfig
+from channels.protocol import (
+    ChannelConfig,
+    ChannelState,
+    ErrorCode,
+    PendingSpend,
+    Reservation,
+)
 
 
 @dataclass(frozen=True, slots=True)

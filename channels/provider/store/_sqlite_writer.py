@@ -28,9 +28,10 @@ import signal
 import sqlite3
 import struct
 import sys
+from typing import BinaryIO
 
 
-def _commit(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> None:
+def _commit(conn: sqlite3.Connection, statements: list[tuple[str, tuple[object, ...]]]) -> None:
     if len(statements) == 1:  # autocommit: one transaction, two fewer round trips
         conn.execute(*statements[0])
         return
@@ -44,7 +45,7 @@ def _commit(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> No
     conn.execute("COMMIT")
 
 
-def _read(stream, n: int) -> bytes | None:
+def _read(stream: BinaryIO, n: int) -> bytes | None:
     data = stream.read(n)
     return data if len(data) == n else None
 

@@ -18,21 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
-from ...protocol import ledger
-from ...protocol import spending
-from ...protocol.errors import ErrorCode
-from ...protocol.ledger import (
+from channels.protocol import (
     AcceptInput,
     ChainFact,
+    ChannelConfig,
     ChannelState,
     Charge,
     ClaimTarget,
+    ErrorCode,
     LedgerPolicy,
+    RefundPlan,
     Rejection,
     Reservation,
+    ledger,
+    spending,
 )
-from ...protocol.spending import RefundPlan
-from ...protocol.wire import ChannelConfig
 from ._codec import IdempotencyRecord
 
 __all__ = ["IdempotencyRecord", "Store"]

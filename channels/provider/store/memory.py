@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...protocol.ledger import ChannelState, LedgerPolicy
+from channels.protocol import ChannelState, LedgerPolicy
 from ._codec import IdempotencyRecord
 from .base import Store, T, Transition, _IdemOp
 

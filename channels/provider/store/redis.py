@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from ...protocol.ledger import ChannelState, LedgerError, LedgerPolicy
+from channels.protocol import ChannelState, LedgerError, LedgerPolicy
 from ._codec import IdempotencyRecord, decode_idem, decode_state, encode_idem, encode_state
 from .base import Store, T, Transition, _IdemOp
 
@@ -123,7 +123,7 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis[bytes],
         *,
         chain_id: int,
         contract: str,
@@ -298,7 +298,7 @@ class RedisStore(Store):
     async def kv_cas(
         self, namespace: str, key: str, expected: bytes | None, value: bytes | None
     ) -> bool:
-        args = [
+        args: list[str | bytes] = [
             key,
             expected or b"",
             "0" if expected is None else "1",
@@ -325,4 +325,5 @@ class RedisStore(Store):
         return n
 
     async def close(self) -> None:
-        await self._r.aclose()
+        # The installed redis stubs predate aclose() (redis 5 added it; close() is deprecated).
+        await self._r.aclose()  # type: ignore[attr-defined]

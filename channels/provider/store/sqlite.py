@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...protocol.ledger import LedgerPolicy
+from channels.protocol import LedgerPolicy
 from ._codec import decode_idem, decode_state, encode_idem, encode_state
 from .memory import MemoryStore, Write
 
