@@ -20,13 +20,13 @@ from .facilitator_json import settle_json, supported_json, verify_json
 from .lease import Lease, LocalLease, RedisLease, lease_for
 from .settler import MAX_BATCH, SettlementReport, Settler, SettlerPolicy, claim_reason
 from .store import IdempotencyRecord, Store, open_store
-from .transactions import (
+from .transactions import TxSender
+from .tx_outcomes import (
     SimulationFailed,
     TxFailed,
     TxPolicy,
     TxResult,
     TxReverted,
-    TxSender,
     TxTimeout,
     is_transport_error,
 )

@@ -36,7 +36,8 @@ from channels.protocol import (
     keccak256,
 )
 
-from .transactions import TxFailed, TxPolicy, TxResult, TxSender
+from .transactions import TxSender
+from .tx_outcomes import TxFailed, TxPolicy, TxResult
 from .txjournal import JournalEntry, TxJournal
 
 __all__ = ["ChainClient", "OnChainChannel", "config_tuple", "settlement_abi"]

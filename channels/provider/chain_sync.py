@@ -23,7 +23,7 @@ from channels.protocol import Signer
 from .chain import ChainClient
 from .lease import Lease, LocalLease
 from .settler import SettlementReport, Settler, SettlerPolicy
-from .transactions import is_transport_error
+from .tx_outcomes import is_transport_error
 from .watcher import Watcher
 
 __all__ = ["ChainSync"]

@@ -47,7 +47,7 @@ from channels.protocol import (
 )
 
 from .chain import ChainClient, OnChainChannel
-from .transactions import SimulationFailed, TxFailed, TxResult
+from .tx_outcomes import SimulationFailed, TxFailed, TxResult
 
 __all__ = ["SCHEME", "DepositResult", "Facilitator", "VerifyResult", "tx_errors"]
 

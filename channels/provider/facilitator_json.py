@@ -34,7 +34,7 @@ from channels.protocol import (
 )
 
 from .facilitator import SCHEME, Facilitator, VerifyResult, tx_errors
-from .transactions import is_transport_error
+from .tx_outcomes import is_transport_error
 
 __all__ = ["settle_json", "supported_json", "verify_json"]
 

@@ -38,7 +38,7 @@ from channels.protocol import (
 )
 
 from .chain import ChainClient
-from .transactions import SimulationFailed, TxFailed, TxResult
+from .tx_outcomes import SimulationFailed, TxFailed, TxResult
 from .watcher import ChainEvent
 
 __all__ = ["MAX_BATCH", "SettlementReport", "Settler", "SettlerPolicy", "claim_reason"]

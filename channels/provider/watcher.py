@@ -39,7 +39,7 @@ from channels.protocol import (
 )
 
 from .chain import ChainClient
-from .transactions import is_transport_error
+from .tx_outcomes import is_transport_error
 
 __all__ = ["ChainEvent", "Watcher"]
 

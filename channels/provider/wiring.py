@@ -35,7 +35,7 @@ from .facilitator import Facilitator
 from .lease import Lease, LocalLease, lease_for
 from .settler import Settler, SettlerPolicy
 from .store import Store, open_store
-from .transactions import TxPolicy
+from .tx_outcomes import TxPolicy
 from .txjournal import TxJournal
 
 __all__ = ["Provider", "ProviderConfig", "open_provider"]

@@ -264,7 +264,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
 
     from channels.protocol import checksum_address
     from channels.provider import TxFailed, is_transport_error
-    from gateway.payments import close_web3, connect_rpc, provider_config
+    from gateway.chain_setup import close_web3, connect_rpc, provider_config
     from gateway.views import settlement_json
 
     say = progress or (lambda _text: None)
@@ -324,7 +324,7 @@ async def _provider(config: Any, w3: Any, chain_id: int) -> AsyncIterator[Provid
     """The provider side ``config`` names (its ledger store opened), closed on the way out."""
     from channels.provider import open_provider
     from channels.provider.store.sqlite import LedgerLocked
-    from gateway.payments import provider_config
+    from gateway.chain_setup import provider_config
 
     try:
         provider = await open_provider(w3, provider_config(config), chain_id=chain_id)

@@ -53,7 +53,7 @@ async def _serve_paid_requests(config: GatewayConfig, payer: Payer, n: int, jpeg
 
 async def _token_balance(anvil: Anvil, address: str) -> int:
     from contracts import artifact
-    from gateway.payments import close_web3, connect_rpc
+    from gateway.chain_setup import close_web3, connect_rpc
 
     w3 = await connect_rpc(anvil.url)  # its own connection: each asyncio.run has its own loop
     try:
@@ -184,7 +184,7 @@ async def _buy(url: str, payer: Payer, n: int, jpeg: bytes) -> bytes:
 
 async def _claimed_on_chain(anvil: Anvil, cid: bytes) -> int:
     from contracts import artifact
-    from gateway.payments import close_web3, connect_rpc
+    from gateway.chain_setup import close_web3, connect_rpc
 
     w3 = await connect_rpc(anvil.url)
     try:

@@ -83,8 +83,8 @@ def test_bad_toml_is_reported(tmp_path: Path) -> None:
 
 
 def test_settlement_policy_defaults_and_env() -> None:
-    """The settler's policy comes from the config (see gateway.payments.settler_policy)."""
-    from gateway.payments import settler_policy
+    """The settler's policy comes from the config (see gateway.chain_setup.settler_policy)."""
+    from gateway.chain_setup import settler_policy
 
     policy = settler_policy(GatewayConfig.load({}, env={}))
     assert (policy.claim_after_s, policy.claim_threshold, policy.batch_size) == (3600.0, 1_000_000, 100)

@@ -22,7 +22,7 @@ from channels.sdk.payer import Payer
 from contracts import DEV_KEYS, artifact
 from gateway.app import create_app
 from gateway.keys import PAYMENTS
-from gateway.payments import close_web3
+from gateway.chain_setup import close_web3
 from tests.gateway.serving import serve
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.anvil]

@@ -18,7 +18,7 @@ import channels
 from channels.protocol import AcceptInput
 from channels.provider import ChainClient, Facilitator, ProviderConfig, TxPolicy, open_provider
 from contracts import DEV_KEYS, Anvil, send_transaction
-from gateway.payments import close_web3
+from gateway.chain_setup import close_web3
 
 PROVIDER_KEY = DEV_KEYS[0]  # anvil's well-known TEST key 0: receiver, receiverAuthorizer, gas payer
 PAYER_KEYS = DEV_KEYS[1:4]  # anvil TEST keys
