@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                 for workers, payer in ((1, 3), (2, 4)):
                     name = f"redis_paid_{workers}w"
                     with Server(name, model="null", payment=True, workers=workers, payer_index=payer,
-                                n_channels=8, store=f"redis://127.0.0.1:6379/0?prefix={prefix}-{workers}w",
+                                n_channels=8, store=f"redis://127.0.0.1:6379/0?prefix={prefix}-{workers}w&durability=relaxed",
                                 **redis_common) as server:
                         print(f"{name}:", file=sys.stderr)
                         runs.update(measure([server], rounds=1, duration=args.duration))

@@ -205,7 +205,7 @@ def ledger_round_trips(sequential: int = 1_000) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         urls = {
             "sqlite": f"sqlite:///{tmp}/bench-ledger.sqlite3",
-            "redis": f"redis://127.0.0.1:6379/0?prefix=bench-verify-{os.getpid()}-{os.urandom(4).hex()}",
+            "redis": f"redis://127.0.0.1:6379/0?prefix=bench-verify-{os.getpid()}-{os.urandom(4).hex()}&durability=relaxed",
         }
         for name, url in urls.items():
             try:

@@ -68,9 +68,10 @@ class RedisLease:
 
     @classmethod
     def from_url(cls, url: str, key: str, ttl_s: float = 15.0) -> RedisLease:
-        import redis.asyncio as aioredis
+        """`url`: a Redis URL; `?cluster=yes` for a Redis Cluster (the lease is one key)."""
+        from .store.redis_conn import connect, parse_redis_url
 
-        return cls(aioredis.from_url(url), key, ttl_s)
+        return cls(connect(parse_redis_url(url)), key, ttl_s)
 
     async def acquire(self) -> bool:
         if self.held and await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
@@ -91,10 +92,9 @@ class RedisLease:
 def lease_for(store_url: str, *, chain_id: int, settlement: str, ttl_s: float = 15.0) -> Lease:
     """The lease that fits a store URL: Redis (shared by processes) or local (one process)."""
     if store_url.startswith(("redis://", "rediss://", "unix://")):
-        from .store.redis import split_redis_url
+        from .store.redis_conn import connect, parse_redis_url
 
-        base, prefix = split_redis_url(store_url)
-        return RedisLease.from_url(
-            base, f"{prefix}:{chain_id}:{settlement.lower()}:settler-lease", ttl_s
-        )
+        parsed = parse_redis_url(store_url)  # cluster=yes: a RedisCluster client, the same key
+        key = f"{parsed.prefix}:{chain_id}:{settlement.lower()}:settler-lease"
+        return RedisLease(connect(parsed), key, ttl_s)
     return LocalLease()

@@ -77,7 +77,7 @@ def redis_url() -> Iterator[str]:
 
     prefix = f"paychan-test-{uuid.uuid4().hex[:8]}:"
     url = "redis://127.0.0.1:6379/0"
-    yield url + f"?prefix={prefix}"
+    yield url + f"?prefix={prefix}&durability=relaxed"  # the shared server keeps nothing on disk
     client = redis.Redis.from_url(url)
     for key in client.scan_iter(match=prefix + "*"):
         client.delete(key)

@@ -40,7 +40,7 @@ async def store_url(request, tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     else:
         prefix = f"paychan-test-{uuid.uuid4().hex[:12]}"
-        yield f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}"
+        yield f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}&durability=relaxed"
         r = redis.Redis(db=REDIS_DB)
         for key in r.scan_iter(match=f"{prefix}:*", count=500):
             r.delete(key)

@@ -34,7 +34,7 @@ async def test_redis_lease_is_exclusive_and_expires() -> None:
 
 
 async def test_two_gateways_on_one_redis_store_run_one_settler(anvil, tmp_path) -> None:
-    url = f"redis://127.0.0.1:6379/{REDIS_DB}?prefix=chainsync-test-{uuid.uuid4().hex[:8]}"
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}?prefix=chainsync-test-{uuid.uuid4().hex[:8]}&durability=relaxed"
     d = anvil.deployment
     gateways: list[ChainEnv] = [await make_env(anvil, tmp_path, store_url=url) for _ in range(2)]
     syncs = [

@@ -1,6 +1,7 @@
 """4 OS processes (multiprocessing, spawn) accept and commit on the same channels through the real
-Redis: every charge is counted exactly once (no double charge, no lost charge) and a shared
-Idempotency-Key is charged by exactly one process."""
+Redis (the shared server, and the session's three-master Redis Cluster): every charge is counted
+exactly once (no double charge, no lost charge) and a shared Idempotency-Key is charged by exactly
+one process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import redis
 
 from channels.protocol import AcceptInput, LedgerPolicy, Reservation, Synced
 from channels.provider.store import open_store
+from redis_cluster import HAVE_REDIS_SERVER
 
 REDIS_DB = 11
 CHAIN = 31337
@@ -92,23 +94,39 @@ async def _final(url: str) -> dict:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.redis
-@pytest.mark.skipif(not _up(), reason="no Redis on 127.0.0.1:6379")
-def test_four_processes_no_double_no_lost_charge():
-    prefix = f"paychan-mp-{uuid.uuid4().hex[:12]}"
-    url = f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}"
-    try:
-        asyncio.run(_setup(url))
-        with multiprocessing.get_context("spawn").Pool(PROCS) as pool:
-            results = pool.starmap(_worker, [(url, w) for w in range(PROCS)])
-        final = asyncio.run(_final(url))
-    finally:
-        r = redis.Redis(db=REDIS_DB)
-        for k in r.scan_iter(match=f"{prefix}:*", count=500):
-            r.delete(k)
-        r.close()
+def _run(url: str) -> tuple[list[dict], dict]:
+    asyncio.run(_setup(url))
+    with multiprocessing.get_context("spawn").Pool(PROCS) as pool:
+        results = pool.starmap(_worker, [(url, w) for w in range(PROCS)])
+    return results, asyncio.run(_final(url))
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [
+    pytest.param("redis", marks=[
+        pytest.mark.redis, pytest.mark.skipif(not _up(), reason="no Redis on 127.0.0.1:6379")]),
+    pytest.param("redis-cluster", marks=pytest.mark.skipif(
+        not HAVE_REDIS_SERVER, reason="no redis-server / redis-cli")),
+])
+def test_four_processes_no_double_no_lost_charge(backend: str, request: pytest.FixtureRequest):
+    prefix = f"paychan-mp-{uuid.uuid4().hex[:12]}"
+    if backend == "redis-cluster":  # a fresh prefix on the session's cluster, dropped with it
+        results, final = _run(request.getfixturevalue("redis_cluster").url(prefix))
+    else:
+        try:
+            results, final = _run(
+                f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}&durability=relaxed"
+            )
+        finally:
+            r = redis.Redis(db=REDIS_DB)
+            for k in r.scan_iter(match=f"{prefix}:*", count=500):
+                r.delete(k)
+            r.close()
+
+    _check(results, final)
+
+
+def _check(results: list[dict], final: dict) -> None:
     charges = [c for res in results for c in res["charges"]]
     assert len({rid for _, rid, _, _ in charges}) == len(charges)  # each request charged once
     for cid in CIDS:

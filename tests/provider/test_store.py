@@ -1,6 +1,9 @@
-"""One suite for every store: SQLite (a real file), the real Redis on 127.0.0.1:6379, and memory.
+"""One suite for every store: SQLite (a real file), the real Redis on 127.0.0.1:6379, a
+three-master Redis Cluster started for the session (conftest `redis_cluster`), and memory.
 
 Redis runs in DB 11 under a unique key prefix per test; only keys under that prefix are deleted.
+The shared server keeps nothing on disk, so its URLs say `durability=relaxed`; the cluster's
+masters fsync every write and are opened with the default (strict) check.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from channels.protocol import (
     WithdrawInitiated,
 )
 from channels.provider.store import IdempotencyRecord, RedisStore, SqliteStore, Store, open_store
+from redis_cluster import HAVE_REDIS_SERVER
 
 REDIS_DB = 11
 CHAIN = 31337
@@ -63,6 +67,10 @@ BACKENDS = [
             pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379"),
         ],
     ),
+    pytest.param(
+        "redis-cluster",
+        marks=pytest.mark.skipif(not HAVE_REDIS_SERVER, reason="no redis-server / redis-cli"),
+    ),
     "memory",
 ]
 
@@ -74,19 +82,30 @@ def _drop_prefix(prefix: str) -> None:
     r.close()
 
 
-def make_url(kind: str, where: Path) -> tuple[str, Callable[[], None]]:
-    """A fresh store URL of `kind` and its cleanup."""
+def _drop_cluster_prefix(port: int, prefix: str) -> None:
+    r = redis.RedisCluster(host="127.0.0.1", port=port)
+    for k in r.scan_iter(match=f"{prefix}:*", count=500):
+        r.delete(k)
+    r.close()
+
+
+def make_url(kind: str, where: Path, request=None) -> tuple[str, Callable[[], None]]:
+    """A fresh store URL of `kind` and its cleanup (`request`: for the session's cluster)."""
+    prefix = f"paychan-test-{uuid.uuid4().hex[:12]}"
     if kind == "sqlite":
         return f"sqlite:///{where / 'ledger.sqlite3'}", lambda: None
     if kind == "redis":
-        prefix = f"paychan-test-{uuid.uuid4().hex[:12]}"
-        return f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}", lambda: _drop_prefix(prefix)
+        url = f"redis://127.0.0.1:6379/{REDIS_DB}?prefix={prefix}&durability=relaxed"
+        return url, lambda: _drop_prefix(prefix)
+    if kind == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return cluster.url(prefix), lambda: _drop_cluster_prefix(cluster.ports[0], prefix)
     return "memory://", lambda: None
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request, tmp_path) -> AsyncIterator[str]:
-    u, cleanup = make_url(request.param, tmp_path)
+    u, cleanup = make_url(request.param, tmp_path, request)
     yield u
     cleanup()
 
@@ -429,9 +448,9 @@ async def _differential(url: str, ops: list[tuple]) -> None:
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=_ops)
-def test_store_runs_the_pure_ledger_exactly(kind, ops):
+def test_store_runs_the_pure_ledger_exactly(kind, ops, request):
     with tempfile.TemporaryDirectory() as d:
-        u, cleanup = make_url(kind, Path(d))
+        u, cleanup = make_url(kind, Path(d), request)
         try:
             asyncio.run(_differential(u, ops))
         finally:
@@ -495,6 +514,9 @@ def test_redis_url_prefix_is_split_off():
         "gw1",
     )
     assert split_redis_url("redis://h:1/0") == ("redis://h:1/0", "paychan")
+    assert split_redis_url("redis://h:1?cluster=yes&durability=relaxed&prefix=p") == (
+        "redis://h:1", "p"
+    )
     assert RedisStore  # re-exported
     assert os  # keep imports honest
 

@@ -4,6 +4,8 @@
 ...                          chain_id=8453, contract=settlement)
 >>> store = await open_store("redis://127.0.0.1:6379/0?prefix=paychan",
 ...                          chain_id=8453, contract=settlement)
+>>> store = await open_store("redis://10.0.0.1:7000?cluster=yes&prefix=paychan",
+...                          chain_id=8453, contract=settlement)   # a Redis Cluster
 >>> store = await open_store("memory://", chain_id=31337, contract=settlement)
 """
 
@@ -13,13 +15,14 @@ from channels.protocol import LedgerPolicy
 from ._codec import IdempotencyRecord
 from .base import Store
 from .memory import MemoryStore
-from .redis import ChannelContended, RedisStore
+from .redis import ChannelContended, NotDurable, RedisStore
 from .sqlite import SqliteStore
 
 __all__ = [
     "ChannelContended",
     "IdempotencyRecord",
     "MemoryStore",
+    "NotDurable",
     "RedisStore",
     "SqliteStore",
     "Store",
@@ -33,8 +36,9 @@ async def open_store(
     """Open the store a URL names, namespaced by (chain_id, settlement contract).
 
     `sqlite:///relative.db`, `sqlite:////abs/path.db` (SQLAlchemy style: the path is what
-    follows `sqlite:///`), `redis://host:port/db?prefix=name` (also rediss://, unix://),
-    `memory://` (no durability; tests and demos).
+    follows `sqlite:///`), `redis://host:port/db?prefix=name` (also rediss://, unix://;
+    `&cluster=yes` for a Redis Cluster; the server must fsync every write unless
+    `&durability=relaxed`, see `redis_conn`), `memory://` (no durability; tests and demos).
     """
     if isinstance(contract, bytes):
         contract = "0x" + contract.hex()

@@ -24,11 +24,17 @@ one slot and runs unchanged on Redis Cluster):
     <prefix>:<chain_id>:<contract>:channels              set of channel ids (listing)
     <prefix>:<chain_id>:<contract>:kv:<namespace>        hash, the generic key/value
 
+Only single-key commands and one-channel scripts are used, so a Redis Cluster
+(`?cluster=yes`, redis-py's RedisCluster: MOVED/ASK followed, SCAN over every master) runs the
+same code: the kv hash, the channel index set and the settler lease are one key each.
+
 Durability is Redis's: with `appendonly yes` + `appendfsync always` a commit is on disk when it
-returns, like SQLite's; the default `everysec` may lose the last second on a power loss.
+returns, like SQLite's. `open` checks that on every master and refuses a server that could lose
+an acknowledged charge unless the URL says `durability=relaxed` (see `redis_conn`).
 
     >>> store = await RedisStore.open("redis://127.0.0.1:6379/0?prefix=paychan",
     ...                               chain_id=8453, contract=settlement)
+    >>> store = await RedisStore.open("redis://10.0.0.1:7000?cluster=yes&prefix=paychan", ...)
 """
 
 from __future__ import annotations
@@ -38,15 +44,16 @@ import random
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
+from redis.exceptions import ClusterError, TryAgainError
 
 from channels.protocol import ChannelState, LedgerError, LedgerPolicy
+
 from ._codec import IdempotencyRecord, decode_idem, decode_state, encode_idem, encode_state
 from .base import Store, T, Transition, _IdemOp
+from .redis_conn import NotDurable, check_durability, connect, parse_redis_url
 
-__all__ = ["ChannelContended", "RedisStore"]
+__all__ = ["ChannelContended", "NotDurable", "RedisStore"]
 
 # KEYS[1] state hash, KEYS[2] the channel's turn key (fairness), KEYS[3] idempotency key (optional)
 # ARGV[1] expected version ('' = do not touch the state), ARGV[2] new state JSON,
@@ -106,12 +113,9 @@ class ChannelContended(RuntimeError):
 
 
 def split_redis_url(url: str) -> tuple[str, str]:
-    """`redis://h:p/db?prefix=x` -> (url without prefix, prefix; default "paychan")."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    prefix = next((v for k, v in query if k == "prefix"), "paychan")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    """`redis://h:p/db?prefix=x` -> (url without paychan's parameters, prefix; default "paychan")."""
+    parsed = parse_redis_url(url)
+    return parsed.bare, parsed.prefix
 
 
 class RedisStore(Store):
@@ -120,10 +124,11 @@ class RedisStore(Store):
     contention_timeout_s = 5.0  # give up (ChannelContended) after losing the CAS this long
     turn_after = 2  # conflicts in a row before this store claims the channel's turn
     turn_ttl_ms = 250  # a crashed turn holder blocks the channel at most this long
+    migration_wait_s = 10.0  # Redis Cluster: how long a charge waits for its slot to migrate
 
     def __init__(
         self,
-        client: aioredis.Redis[bytes],
+        client: Any,  # redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster (bytes replies)
         *,
         chain_id: int,
         contract: str,
@@ -150,11 +155,17 @@ class RedisStore(Store):
     async def open(
         cls, url: str, *, chain_id: int, contract: str, policy: LedgerPolicy | None = None
     ) -> RedisStore:
-        """Connect (`redis://host:port/db?prefix=...`) and check the server answers."""
-        bare, prefix = split_redis_url(url)
-        client = aioredis.Redis.from_url(bare, decode_responses=False)
-        await client.ping()
-        return cls(client, chain_id=chain_id, contract=contract, prefix=prefix, policy=policy)
+        """Connect (`redis://host:port/db?prefix=...[&cluster=yes][&durability=...]`), check the
+        server answers and keeps every acknowledged write (NotDurable if not)."""
+        parsed = parse_redis_url(url)
+        client = connect(parsed)
+        try:
+            await client.ping()
+            await check_durability(client, parsed)
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, chain_id=chain_id, contract=contract, prefix=parsed.prefix, policy=policy)
 
     # keys ------------------------------------------------------------------------------------
 
@@ -234,7 +245,7 @@ class RedisStore(Store):
             args += [self._token, "1" if conflicts >= self.turn_after else "0", self.turn_ttl_ms]
             if ver == 0 and not unchanged:
                 await self._r.sadd(self._index_key, channel_id.hex())
-            got = await self._cas(keys=keys, args=args)
+            got = await self._cas_waiting_out_migrations(keys, args)
             if got[0] == 1:
                 if not unchanged:
                     self._cache[channel_id] = (int(got[1]), new)
@@ -250,6 +261,26 @@ class RedisStore(Store):
                 )
             if conflicts > self.turn_after:  # another store holds the turn: let it through
                 await asyncio.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** min(conflicts, 6))))
+
+    async def _cas_waiting_out_migrations(self, keys: list[str], args: list[Any]) -> Any:
+        """The CAS script; on a Redis Cluster whose slot is being migrated, wait it out.
+
+        While a slot migrates, a script on keys of which some have moved (or do not exist yet:
+        the turn key, a new idempotency key) is refused with TRYAGAIN before it runs; redis-py
+        retries that for well under a second, then raises. The slot of one busy channel can take
+        longer, so this keeps retrying (with backoff) for `migration_wait_s`. A script that did
+        run cannot be applied twice: its version check fails and the transition re-runs.
+        """
+        give_up = asyncio.get_running_loop().time() + self.migration_wait_s
+        pause = 0.01
+        while True:
+            try:
+                return await self._cas(keys=keys, args=args)
+            except (TryAgainError, ClusterError):
+                if asyncio.get_running_loop().time() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     # reads -------------------------------------------------------------------------------------
 
@@ -290,7 +321,8 @@ class RedisStore(Store):
     # key/value ---------------------------------------------------------------------------------
 
     async def kv_get(self, namespace: str, key: str) -> bytes | None:
-        return await self._r.hget(self._kv_key(namespace), key)
+        got: bytes | None = await self._r.hget(self._kv_key(namespace), key)
+        return got
 
     async def kv_put(self, namespace: str, key: str, value: bytes) -> None:
         await self._r.hset(self._kv_key(namespace), key, value)
@@ -325,5 +357,4 @@ class RedisStore(Store):
         return n
 
     async def close(self) -> None:
-        # The installed redis stubs predate aclose() (redis 5 added it; close() is deprecated).
-        await self._r.aclose()  # type: ignore[attr-defined]
+        await self._r.aclose()
