@@ -8,6 +8,9 @@
     print(top[0].label, top[0].probability, top[0].group, classifier.version.id)
     await classifier.close()
 
+``ModelStore`` (inference.versions) keeps model versions in a directory: id = sha256 of the
+weights file, aliases ``champion``/``previous``; ``store.load("champion")`` is a LoadedModel.
+
 ``Classifier`` batches for a timm model; ``NullClassifier`` (``Classifier.null()``) answers
 one fixed prediction with no model. A server holds either as an ``ImageClassifier``.
 
@@ -45,7 +48,8 @@ from inference.preprocess import (
     Preprocessor,
     check_image,
 )
-from inference.weights import content_hash
+from inference.versions import ModelStore, StoredVersion, StoreError
+from inference.weights import content_hash, file_digest
 
 __all__ = [
     "ANIMAL_GROUP_RANGES",
@@ -68,16 +72,20 @@ __all__ = [
     "ImageTooLarge",
     "InferenceError",
     "LoadedModel",
+    "ModelStore",
     "ModelVersion",
     "NullClassifier",
     "Overloaded",
     "Prediction",
     "Preprocessor",
     "ResizedTooLarge",
+    "StoreError",
+    "StoredVersion",
     "TooManyPixels",
     "UnsupportedFormat",
     "check_image",
     "content_hash",
+    "file_digest",
     "group_of",
     "imagenet_labels",
     "keep_freed_memory",

@@ -22,7 +22,7 @@ from inference._malloc import keep_freed_memory
 from inference.labels import imagenet_labels
 from inference.weights import (
     bundled_weights_path,
-    content_hash,
+    file_digest,
     is_efficientnet_pytorch,
     load_state_dict,
     rename_efficientnet_pytorch,
@@ -31,16 +31,17 @@ from inference.weights import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelVersion", "cpu_threads", "load_model"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelVersion", "build_module", "cpu_threads", "load_model"]
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelVersion:
-    """Which weights answered: ``content_hash`` is 32 bytes (sha256 of the tensors).
+    """Which weights answered: ``content_hash`` is 32 bytes, the sha256 of the weights file
+    (``inference.weights.file_digest``; the model store's version id is its hex).
 
-        version.id        -> "tf_efficientnet_lite0-3f1c0d9e2b7a"
+        version.id        -> "tf_efficientnet_lite0-3f1c0d9e2b7a" (architecture + 12 hex)
         version.hash_hex  -> "0x3f1c...": the bytes32 that receipts and the registry carry
     """
 
@@ -124,6 +125,36 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def build_module(architecture: str, weights: str | Path, *,
+                 num_classes: int | None = None) -> torch.nn.Module:
+    """timm's ``architecture`` (``pretrained=False``) with ``weights`` loaded ``strict=True``,
+    on the CPU, in train mode as built. ``num_classes``: the head's size (None: timm's default).
+
+    Raises ValueError naming the file, the architecture and what did not fit.
+    """
+    import timm
+
+    path = Path(weights)
+    if not timm.is_model(architecture):
+        raise ValueError(f"architecture: {architecture!r} is not a timm model name; "
+                         "pass one of timm.list_models(), e.g. tf_efficientnet_lite0")
+    state = load_state_dict(path)
+    # pretrained=False: timm must never reach for a hub; the weights are ours, loaded below.
+    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    module = timm.create_model(architecture, pretrained=False, **extra)
+    if is_efficientnet_pytorch(state):
+        stages = [len(stage) for stage in getattr(module, "blocks", [])]
+        if not stages:
+            raise ValueError(f"{path} is in efficientnet_pytorch naming but {architecture} has no "
+                             "EfficientNet blocks; pass weights for this architecture")
+        state = rename_efficientnet_pytorch(state, stages)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit {architecture} (strict load): {exc}") from None
+    return module
+
+
 def load_model(
     model: str = DEFAULT_MODEL,
     weights: str | Path | None = None,
@@ -139,9 +170,10 @@ def load_model(
     package bundles (tf_efficientnet_lite0/1/2). efficientnet_pytorch naming is renamed.
     ``device``: None picks CUDA when present, else the CPU with ``threads`` intra-op threads
     (default: the cores this process may use). ``compile``: torch.compile the module (CUDA).
-    ``labels``: class names, default ImageNet-1k's from timm.
+    ``labels``: class names, default ImageNet-1k's from timm; given, the head has
+    ``len(labels)`` classes (a version that adds labels beyond ImageNet's 1000).
+    The version is named by the sha256 of the weights file (``file_digest``).
     """
-    import timm
     import torch
     from timm.data.config import resolve_data_config
 
@@ -151,21 +183,8 @@ def load_model(
         keep_freed_memory()  # no page faults per batch: see inference/_malloc.py
 
     path = Path(weights) if weights is not None else bundled_weights_path(model)
-    state = load_state_dict(path)
-    # pretrained=False: timm must never reach for a hub; the weights are ours, loaded below.
-    module = timm.create_model(model, pretrained=False)
-    if is_efficientnet_pytorch(state):
-        stages = [len(stage) for stage in getattr(module, "blocks", [])]
-        if not stages:
-            raise ValueError(f"{path} is in efficientnet_pytorch naming but {model} has no "
-                             "EfficientNet blocks; pass weights for this architecture")
-        state = rename_efficientnet_pytorch(state, stages)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit {model} (strict load): {exc}") from None
-    digest = content_hash(state)
-    del state
+    module = build_module(model, path, num_classes=None if labels is None else len(labels))
+    digest = file_digest(path)
 
     module.eval().requires_grad_(False)
     # Module.to takes (device, memory_format=) at runtime; torch's stubs lack that overload.

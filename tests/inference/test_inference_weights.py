@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from inference import LoadedModel, content_hash, load_model
 from inference.weights import (
     bundled_weights_path,
+    file_digest,
     is_efficientnet_pytorch,
     load_state_dict,
     rename_efficientnet_pytorch,
@@ -36,11 +38,14 @@ def test_a_state_dict_missing_a_layer_is_refused_by_the_strict_load(tmp_path: Pa
         load_model("tf_efficientnet_lite0", path, device="cpu")
 
 
-def test_version_hash_names_the_tensors_not_the_file(lite0: LoadedModel, tmp_path: Path) -> None:
-    # The same weights saved again, in timm naming, hash the same.
+def test_version_hash_is_the_sha256_of_the_weights_file(lite0: LoadedModel, tmp_path: Path) -> None:
+    bundled = bundled_weights_path("tf_efficientnet_lite0")
+    assert lite0.version.content_hash == hashlib.sha256(bundled.read_bytes()).digest()
+    assert file_digest(bundled) == lite0.version.content_hash
+    # The same tensors saved again, in timm naming, hash the same under content_hash.
     path = tmp_path / "lite0-timm.pth"
     torch.save(lite0.module.state_dict(), path)
-    assert content_hash(load_state_dict(path)) == lite0.version.content_hash
+    assert content_hash(load_state_dict(path)) == content_hash(lite0.module.state_dict())
     assert len(lite0.version.content_hash) == 32
     assert lite0.version.hash_hex == "0x" + lite0.version.content_hash.hex()
     assert lite0.version.id == f"tf_efficientnet_lite0-{lite0.version.content_hash.hex()[:12]}"
@@ -48,7 +53,7 @@ def test_version_hash_names_the_tensors_not_the_file(lite0: LoadedModel, tmp_pat
     state = load_state_dict(path)
     state["classifier.bias"] = state["classifier.bias"].clone()
     state["classifier.bias"][0] += 1e-3
-    assert content_hash(state) != lite0.version.content_hash
+    assert content_hash(state) != content_hash(lite0.module.state_dict())
 
 
 def test_any_timm_model_loads_from_a_local_file_and_never_asks_a_hub(
@@ -66,7 +71,7 @@ def test_any_timm_model_loads_from_a_local_file_and_never_asks_a_hub(
     torch.save({"state_dict": source.state_dict()}, path)  # a checkpoint wrapping it
     loaded = load_model("resnet10t", path, device="cpu", threads=1)
     assert loaded.version.architecture == "resnet10t"
-    assert loaded.version.content_hash == content_hash(source.state_dict())
+    assert loaded.version.content_hash == hashlib.sha256(path.read_bytes()).digest()
     probs, indices = loaded.top_k(torch.zeros(2, *loaded.input_shape), k=3)
     assert probs.shape == indices.shape == (2, 3)
 
