@@ -37,6 +37,7 @@ from gateway.keys import (
     CONFIG,
     DEADLINES,
     METRICS,
+    MODELS,
     PAYMENTS,
     SAMPLE_LIMITER,
     SAMPLES,
@@ -132,18 +133,17 @@ def _classifier_ctx(shared: ImageClassifier | None) -> _CleanupContext:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
         state.checks["model"] = False
-        if shared is not None:
-            app[CLASSIFIER] = shared
-            owned = False
-        else:
-            app[CLASSIFIER] = await predictions.open_classifier(app[CONFIG])
-            owned = True
-        predictions.register_metrics(app[CLASSIFIER], app[METRICS])
+        # Without config.models: the shared classifier or config.model alone; with it, the
+        # store's champion, and other versions loaded on demand (gateway.predictions).
+        models = app[MODELS] = await predictions.open_models(app[CONFIG], shared)
+        clf = models.checker(None)
+        assert clf is not None  # the default version is resident once opened
+        app[CLASSIFIER] = clf
+        predictions.register_metrics(models, app[METRICS])
         state.checks["model"] = True
         yield
         state.checks["model"] = False
-        if owned:
-            await app[CLASSIFIER].close()
+        await models.close()  # a shared classifier is left open
 
     return ctx
 

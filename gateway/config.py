@@ -75,6 +75,8 @@ class GatewayConfig:
     model: str = "tf_efficientnet_lite0"
     device: str = "cpu"
     batch_cap: int | None = None  # largest model batch; None: chosen at warm-up by timing
+    models: Path | None = None  # a model store (inference.versions): serve its champion, pin others
+    max_resident_models: int = 2  # store versions loaded at once (LRU); each has its own batcher
     # --- limits
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 16
@@ -169,7 +171,7 @@ class GatewayConfig:
         positive = (
             "port", "workers", "price", "max_body_bytes", "max_images", "max_top_k",
             "max_in_flight_per_channel", "max_in_flight", "max_sample_bytes",
-            "samples_per_minute", "max_timeout_seconds",
+            "samples_per_minute", "max_timeout_seconds", "max_resident_models",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -181,6 +183,9 @@ class GatewayConfig:
         if self.batch_cap is not None and not 1 <= self.batch_cap <= 256:
             raise ConfigError(f"batch_cap: must be 1..256 images, got {self.batch_cap}; "
                               f"{_where('batch_cap')} (or leave it unset: chosen at warm-up)")
+        if self.models is not None and self.is_null_model:
+            raise ConfigError("models: the null model serves no store; drop --models "
+                              "(PAYCHAN_MODELS) or --model null")
         for name in ("header_timeout_s", "body_idle_timeout_s", "keepalive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive seconds, got {getattr(self, name)}; {_where(name)}")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     # Types only: these load torch / web3 (and gateway.payments imports this module).
     from channels.provider import ChainSync, Store
     from gateway.payments import PaymentGate
-    from inference import ImageClassifier
+    from inference import ImageClassifier, ResidentModels, StoredVersion
 
 __all__ = [
     "CAPS",
@@ -34,6 +34,8 @@ __all__ = [
     "CONFIG",
     "DEADLINES",
     "METRICS",
+    "MODELS",
+    "MODEL_VERSION",
     "MODEL_VERSION_HASH",
     "PAYMENTS",
     "SAMPLES",
@@ -68,7 +70,8 @@ SAMPLES = web.AppKey("samples", SampleStore)
 SAMPLE_LIMITER = web.AppKey("sample_limiter", RateLimiter)
 # Set by cleanup contexts. Their types load torch or web3, so they are named in annotations
 # (never evaluated at run time) rather than passed to AppKey.
-CLASSIFIER: web.AppKey[ImageClassifier] = web.AppKey("classifier")
+CLASSIFIER: web.AppKey[ImageClassifier] = web.AppKey("classifier")  # the default version's
+MODELS: web.AppKey[ResidentModels] = web.AppKey("models")  # every resident version (LRU set)
 # The payment gate, its ledger store and its chain sync: set only when config.payment
 # (SETTLER also needs config.settler), so absent on a free gateway.
 PAYMENTS: web.AppKey[PaymentGate] = web.AppKey("payments")
@@ -79,3 +82,5 @@ SETTLER: web.AppKey[ChainSync] = web.AppKey("settler")  # the watcher + settler 
 UPLOADS: web.RequestKey[list[Upload]] = web.RequestKey("uploads")
 TOP_K = web.RequestKey("top_k", int)
 MODEL_VERSION_HASH = web.RequestKey("model_version_hash", bytes)
+# The store version a request pinned with ?model= (None: the default), set by the pricer.
+MODEL_VERSION: web.RequestKey[StoredVersion | None] = web.RequestKey("model_version")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -21,7 +22,9 @@ from gateway.keys import (
     CLASSIFIER,
     CONFIG,
     METRICS,
+    MODEL_VERSION,
     MODEL_VERSION_HASH,
+    MODELS,
     PAYMENTS,
     SAMPLE_LIMITER,
     SAMPLES,
@@ -40,6 +43,9 @@ from gateway.uploads import (
 )
 from gateway.x402 import client_address, paid
 
+if TYPE_CHECKING:
+    from inference import ImageClassifier
+
 __all__ = ["price_images", "routes"]
 
 routes = web.RouteTableDef()
@@ -53,21 +59,34 @@ _CHANNEL_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 async def price_images(request: web.Request) -> int:
     """Read, check and stash the request's images and options; returns the image count.
 
-    Runs before any money is reserved, so a bad request costs the client nothing.
+    Runs before any money is reserved, so a bad request costs the client nothing: an unknown
+    or retired ``?model=`` is refused here too (a version that is not resident is checked with
+    a resident one of the same architecture, or loaded, off the event loop).
     """
     config = request.app[CONFIG]
+    models = request.app[MODELS]
     top_k = _int_query(request, "top_k", 5, 1, config.max_top_k)
     model = request.query.get("model") or None
     uploads = await read_images(request, max_images=config.max_images, max_bytes=config.max_body_bytes)
     try:
-        predictions.resolve_model(request.app[CLASSIFIER], model)
-        for index, upload in enumerate(uploads):
-            predictions.check(request.app[CLASSIFIER], upload.data, index if len(uploads) > 1 else None)
+        version = await predictions.resolve_version(models, model)
+        checker = models.checker(version)
+        if checker is None:
+            async with predictions.using(models, version) as loaded:
+                _check_all(loaded, uploads)
+        else:
+            _check_all(checker, uploads)
     except predictions.Rejected as exc:
         raise UploadError(exc.status, exc.code, str(exc)) from None
     request[UPLOADS] = uploads
     request[TOP_K] = top_k
+    request[MODEL_VERSION] = version
     return len(uploads)
+
+
+def _check_all(clf: ImageClassifier, uploads: list[Upload]) -> None:
+    for index, upload in enumerate(uploads):
+        predictions.check(clf, upload.data, index if len(uploads) > 1 else None)
 
 
 @routes.post("/v1/classify")
@@ -78,9 +97,8 @@ async def classify(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     deadline = asyncio.get_running_loop().time() + config.request_timeout_s
     try:
-        answer = await predictions.classify(
-            request.app[CLASSIFIER], [u.data for u in uploads], request[TOP_K], deadline
-        )
+        async with predictions.using(request.app[MODELS], request[MODEL_VERSION]) as clf:
+            answer = await predictions.classify(clf, [u.data for u in uploads], request[TOP_K], deadline)
     except predictions.Rejected as exc:
         retry = (exc.retry_after or config.retry_after_s) if exc.status in (429, 503) else None
         raise api_error(exc.status, exc.code, str(exc), retry_after=retry) from None
@@ -109,7 +127,8 @@ async def pricing(request: web.Request) -> web.Response:
 
 @routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
-    return json_response({"models": predictions.list_models(request.app[CLASSIFIER])})
+    """The model versions: with a store every one (``resident``: loaded now), else the one served."""
+    return json_response({"models": await predictions.list_models(request.app[MODELS])})
 
 
 @routes.get("/v1/channels/{channel_id}")

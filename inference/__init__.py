@@ -48,6 +48,7 @@ from inference.preprocess import (
     Preprocessor,
     check_image,
 )
+from inference.resident import ResidentModels
 from inference.versions import ModelStore, StoredVersion, StoreError
 from inference.weights import content_hash, file_digest
 
@@ -78,6 +79,7 @@ __all__ = [
     "Overloaded",
     "Prediction",
     "Preprocessor",
+    "ResidentModels",
     "ResizedTooLarge",
     "StoreError",
     "StoredVersion",

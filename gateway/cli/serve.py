@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--price", type=int, help="price per image in token units (default 1000)")
     p.add_argument("--store", help="ledger: sqlite:///PATH (default) or redis://HOST:PORT/DB")
     p.add_argument("--model", help="model id or version to serve; 'null' for the null model")
+    p.add_argument("--models", type=Path,
+                   help="model store directory: serve its champion, let requests pin other "
+                   "versions with ?model= (default: the bundled --model, no store)")
+    p.add_argument("--max-resident-models", type=int,
+                   help="store versions kept loaded at once, least recently used evicted (default 2)")
     p.add_argument("--batch-cap", type=int,
                    help="largest model batch (default: the best rate timed at warm-up)")
     p.add_argument("--workers", type=int, help="processes sharing the port (needs a redis store)")
@@ -96,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 _FLAG_FIELDS = (
-    "config", "rpc_url", "key_file", "token", "price", "store", "model", "batch_cap", "workers", "host",
+    "config", "rpc_url", "key_file", "token", "price", "store", "model", "models", "max_resident_models", "batch_cap", "workers", "host",
     "port", "receiver", "settlement", "samples_dir", "payment", "settler", "claim_after_s",
     "claim_threshold", "facilitator", "header_timeout_s", "body_idle_timeout_s", "body_min_rate",
     "max_connections_per_address", "keepalive_timeout_s", "admin_token_file",
@@ -118,6 +123,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
 
 def _handle(args: argparse.Namespace) -> int:
     from channels.provider.store.sqlite import LedgerLocked
+    from inference.versions import StoreError
 
     config = config_from_args(args)
     announce = {
@@ -125,6 +131,7 @@ def _handle(args: argparse.Namespace) -> int:
         "workers": config.workers,
         "store": config.store,
         "model": config.model,
+        "models": None if config.models is None else str(config.models),
         "payment": config.payment,
         "pid": os.getpid(),
     }
@@ -138,6 +145,8 @@ def _handle(args: argparse.Namespace) -> int:
             raise CliError(str(exc), EXIT_UNREACHABLE) from None
         except LedgerLocked as exc:  # another process owns the SQLite ledger file
             raise CliError(f"store: {exc}", EXIT_FAILED) from None
+        except StoreError as exc:  # --models: unwritable, no champion, a broken manifest
+            raise CliError(f"models: {exc}", EXIT_USAGE) from None
         return 0
     return _run_workers(config)
 
