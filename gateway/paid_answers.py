@@ -3,7 +3,7 @@ receipt), the fingerprint an ``Idempotency-Key`` is bound to, and the replay of 
 
     responder = PaymentResponder("eip155:31337")
     response.headers[PAYMENT_RESPONSE] = responder.header(hold, charge, receipt_json)
-    digest = request_digest("POST", "/v1/classify?top_k=3", body, 1000)
+    digest = request_digest("POST", "/v1/classify?top_k=3", hashlib.sha256(body).digest(), 1000)
     return replay(record, digest, metrics=metrics, retry_after_s=1)   # or raises 409 / 422
 """
 
@@ -60,15 +60,16 @@ class PaymentResponder:
         return binascii.b2a_base64(text.encode(), newline=False).decode()
 
 
-def request_digest(method: str, path_qs: str, body: bytes, price: int) -> str:
+def request_digest(method: str, path_qs: str, body_sha256: bytes, price: int) -> str:
     """The fingerprint an Idempotency-Key is bound to: sha256 over the method, the path with
-    its query (``top_k``, ``model`` change the answer), the price and the body's sha256.
+    its query (``top_k``, ``model`` change the answer), the price and the body's sha256
+    (hashed once per request: the receipt's ``requestDigest`` is the same value).
 
-        >>> request_digest("POST", "/v1/classify?top_k=3", jpeg, 1000)
+        >>> request_digest("POST", "/v1/classify?top_k=3", hashlib.sha256(jpeg).digest(), 1000)
         '5c1f...'   # 64 hex digits
     """
     head = f"{method}\n{path_qs}\n{price}\n".encode()
-    return hashlib.sha256(head + hashlib.sha256(body).digest()).hexdigest()
+    return hashlib.sha256(head + body_sha256).hexdigest()
 
 
 def replay(record: IdempotencyRecord, digest: str, *, metrics: GatewayMetrics,
@@ -78,7 +79,7 @@ def replay(record: IdempotencyRecord, digest: str, *, metrics: GatewayMetrics,
     body, path, method or price): its old answer is not this request's, and nothing is
     charged either way.
 
-        >>> replay(record, request_digest("POST", "/v1/classify", body, 1000), metrics=m,
+        >>> replay(record, request_digest("POST", "/v1/classify", hashlib.sha256(body).digest(), 1000), metrics=m,
         ...        retry_after_s=1)
     """
     if not record.matches(digest):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -92,6 +93,7 @@ class Hold:
     deposit_amount: int | None = None
     idempotency_key: str | None = None
     request_digest: str = ""  # what the Idempotency-Key was taken for (see request_digest)
+    body_sha256: bytes = b""  # the request body's sha256, once hashed (receipt + key share it)
 
 
 # ---------------------------------------------------------------------- the gate
@@ -268,9 +270,10 @@ class PaymentGate:
         deposit_amount = payload.deposit.amount if isinstance(payload, DepositPayload) else 0
         request_id = self._id_prefix + str(next(self._ids))
         key = request.headers.get(IDEMPOTENCY_KEY)
-        digest = ""
+        digest, body_sha256 = "", b""
         if key is not None:
-            digest = request_digest(request.method, request.path_qs, await request.read(), amount)
+            body_sha256 = hashlib.sha256(await request.read()).digest()
+            digest = request_digest(request.method, request.path_qs, body_sha256, amount)
             record = await self.store.begin_idempotent(payment.channel_id, key, request_id, time.time(),
                                                        digest=digest)
             if record is not None:
@@ -280,7 +283,8 @@ class PaymentGate:
         inp = AcceptInput(payment.channel_id, voucher.max_claimable_amount, voucher.signature, amount,
                           request_id, time.time(), deposit_amount, payment.config)
         outcome = await self.store.accept(inp)
-        hold = Hold(payment, amount, request_id, idempotency_key=key, request_digest=digest)
+        hold = Hold(payment, amount, request_id, idempotency_key=key, request_digest=digest,
+                    body_sha256=body_sha256)
         if isinstance(outcome, Rejection) and outcome.code == ErrorCode.CHANNEL_NOT_FOUND and not deposit_amount:
             # Unknown here but maybe funded on-chain (deposited elsewhere, or our state was
             # lost): mirror the chain's view once and try again (the spec's recovery baseline).
@@ -338,13 +342,13 @@ class PaymentGate:
         """
         payment = hold.payment
         body: bytes = response.body  # type: ignore[assignment]
-        request_body = await request.read()
+        request_sha256 = hold.body_sha256 or hashlib.sha256(await request.read()).digest()
         version = request.get(MODEL_VERSION_HASH) or bytes(32)
         built: list[str] = []
 
         def answer(_state: Any, charge: Any) -> bytes:
             # Built inside the store's atomic commit, so its receipt is signed alone, now.
-            receipt = self.receipts.sign(payment.channel_id, request_body, body, version, hold.amount,
+            receipt = self.receipts.sign(payment.channel_id, request_sha256, body, version, hold.amount,
                                          charge.cumulative)
             header = self.responses.header(hold, charge, receipt)
             built.append(header)
@@ -358,7 +362,7 @@ class PaymentGate:
         def sign(charge: Any) -> None:
             # Called as soon as the charge is decided: the receipt's batch is signed while
             # the store writes the charge to disk, so the answer then waits for one, not two.
-            receipts.append(self.receipts.sign_batched(payment.channel_id, request_body, body, version,
+            receipts.append(self.receipts.sign_batched(payment.channel_id, request_sha256, body, version,
                                                        hold.amount, charge.cumulative))
 
         try:

@@ -11,8 +11,11 @@ keccak, as OpenZeppelin's ``MerkleProof``). Under load one signature serves doze
 answers; alone, a receipt is a batch of one with an empty proof::
 
     signer = ReceiptSigner(key, chain_id=31337, settlement=CANONICAL_SETTLEMENT)
-    receipt_json = await signer.sign_batched(channel_id, request_body, response_body, version, 1000, 5000)
-    receipt_json = signer.sign(channel_id, request_body, response_body, version, 1000, 5000)  # now, alone
+    receipt_json = await signer.sign_batched(channel_id, request_sha256, response_body, version, 1000, 5000)
+    receipt_json = signer.sign(channel_id, request_sha256, response_body, version, 1000, 5000)  # now, alone
+
+``request_sha256`` is the sha256 of the request body, hashed once per request by the caller
+(the Idempotency-Key fingerprint uses the same digest).
 
 The encodings (leaf, Merkle pair, batch digest) are ``channels.protocol``'s; a payer checks a
 receipt with ``channels.protocol.verify_receipt``.
@@ -49,20 +52,20 @@ class ReceiptSigner:
     def sign(
         self,
         channel_id: bytes,
-        request_body: bytes,
+        request_sha256: bytes,
         response_body: bytes,
         model_version: bytes,
         charged: int,
         cumulative: int,
     ) -> str:
         """The receipt signed now, alone (a batch of one: empty proof)."""
-        leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
+        leaf, head = self._leaf(channel_id, request_sha256, response_body, model_version, charged, cumulative)
         return f'{head}"proof":[],"signature":"0x{self._sign_root(leaf).hex()}"}}'
 
     def sign_batched(
         self,
         channel_id: bytes,
-        request_body: bytes,
+        request_sha256: bytes,
         response_body: bytes,
         model_version: bytes,
         charged: int,
@@ -75,7 +78,7 @@ class ReceiptSigner:
         or at once when it reaches ``max_batch``, so no answer waits for later work. A
         future cancelled before its batch is signed leaves the batch.
         """
-        leaf, head = self._leaf(channel_id, request_body, response_body, model_version, charged, cumulative)
+        leaf, head = self._leaf(channel_id, request_sha256, response_body, model_version, charged, cumulative)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
         pending = self._pending
@@ -89,14 +92,14 @@ class ReceiptSigner:
     def _leaf(
         self,
         channel_id: bytes,
-        request_body: bytes,
+        request_sha256: bytes,
         response_body: bytes,
         model_version: bytes,
         charged: int,
         cumulative: int,
     ) -> tuple[bytes, str]:
         """The leaf (``hashStruct(Receipt)``) and the receipt's JSON up to its proof."""
-        req = hashlib.sha256(request_body).digest()
+        req = request_sha256
         res = hashlib.sha256(response_body).digest()
         leaf = receipt_leaf(channel_id, req, res, model_version, charged, cumulative)
         # Hand-formatted: every value is hex or decimal, so no escaping is ever needed, and this

@@ -61,7 +61,8 @@ async def price_images(request: web.Request) -> int:
 
     Runs before any money is reserved, so a bad request costs the client nothing: an unknown
     or retired ``?model=`` is refused here too (a version that is not resident is checked with
-    a resident one of the same architecture, or loaded, off the event loop).
+    a resident one of the same architecture, else the default's limits: nothing is loaded
+    for a request before it has paid).
     """
     config = request.app[CONFIG]
     models = request.app[MODELS]
@@ -70,9 +71,13 @@ async def price_images(request: web.Request) -> int:
     uploads = await read_images(request, max_images=config.max_images, max_bytes=config.max_body_bytes)
     try:
         version = await predictions.resolve_version(models, model)
-        checker = models.checker(version)
-        if checker is None:
-            async with predictions.using(models, version) as loaded:
+        # Never load a model for a request that has not paid: a version of an architecture
+        # with no resident peer is header-checked under a resident version's limits here, and
+        # under its own when it decodes (a refusal there releases the hold: no charge).
+        checker = (models.checker(version) or models.checker(None)
+                   or next(iter(models.resident().values()), None))
+        if checker is None:  # nothing resident at all (every load failed): load the default
+            async with predictions.using(models, None) as loaded:
                 _check_all(loaded, uploads)
         else:
             _check_all(checker, uploads)

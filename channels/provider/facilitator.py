@@ -155,13 +155,18 @@ class Facilitator:
                 ErrorCode.RPC_READ_FAILED, None, f"could not read the channel: {exc}"
             ) from None
 
-    async def _check_voucher(
+    async def check_voucher(
         self,
         config: ChannelConfig,
         voucher: Voucher,
         requirements: PaymentRequirements,
         field: str = "payload.voucher",
     ) -> bytes:
+        """Raise the spec's PaymentError unless `config` matches our terms and `voucher` is
+        signed by its payer (ERC-1271 on chain for a smart wallet); returns the channel id.
+
+            cid = await fac.check_voucher(config, voucher, requirements)
+        """
         settlement = self.chain.settlement_address
         chain_id = requirements.chain_id
         verify_channel_terms(config, requirements)
@@ -202,7 +207,7 @@ class Facilitator:
     async def _verify_deposit(
         self, payload: DepositPayload, requirements: PaymentRequirements
     ) -> OnChainChannel:
-        cid = await self._check_voucher(payload.channel_config, payload.voucher, requirements)
+        cid = await self.check_voucher(payload.channel_config, payload.voucher, requirements)
         amount = payload.deposit.amount
         if amount <= 0:
             raise PaymentError(
@@ -257,7 +262,7 @@ class Facilitator:
     async def _verify_voucher(
         self, payload: VoucherPayload | RefundPayload, requirements: PaymentRequirements
     ) -> OnChainChannel:
-        cid = await self._check_voucher(payload.channel_config, payload.voucher, requirements)
+        cid = await self.check_voucher(payload.channel_config, payload.voucher, requirements)
         state = await self.read_onchain(cid)
         if state.balance == 0:
             raise PaymentError(

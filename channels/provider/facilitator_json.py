@@ -26,6 +26,7 @@ from channels.protocol import (
     RefundPayload,
     ResponseExtra,
     SettleResponse,
+    Voucher,
     channel_id,
     checksum_address,
     claim_batch,
@@ -207,8 +208,15 @@ async def _settle_enriched_refund(
         and bytes(config.receiver_authorizer) == fac.authorizer.address_bytes
     )
     if not given and ours and fac.store is not None:
-        # Our key would sign: only against our ledger (every charge claimed first, the
+        # Our key would sign: only when the payer asked (its zero-charge voucher, which the
+        # spec's refund payload carries, signed by it; else anyone could close anyone's
+        # channel on our gas), and only against our ledger (every charge claimed first, the
         # channel locked), never for an amount a caller names over charges not yet claimed.
+        voucher = Voucher.from_json(raw.get("voucher"), path + ".voucher", ErrorCode.REFUND_PAYLOAD)
+        if voucher.channel_id != cid:
+            raise PaymentError(ErrorCode.CHANNEL_ID_MISMATCH, path + ".voucher.channelId",
+                               "is not the id of channelConfig: sign the refund voucher for it")
+        await fac.check_voucher(config, voucher, requirements, path + ".voucher")
         onchain = await fac.read_onchain(cid)
         return await fac.refund_from_ledger(cid, config, amount, requirements, onchain)
     claims = [

@@ -264,7 +264,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
 
     from channels.protocol import checksum_address
     from channels.provider import TxFailed, is_transport_error
-    from gateway.chain_setup import close_web3, connect_rpc, provider_config
+    from gateway.chain_setup import close_web3, connect_rpc
     from gateway.views import settlement_json
 
     say = progress or (lambda _text: None)

@@ -24,10 +24,16 @@ def _ask(i: int) -> tuple[bytes, bytes, bytes, bytes, int, int]:
     return (i.to_bytes(32, "big"), b"image %d" % i, b'{"answer":%d}' % i, bytes(32), 10, 10 * (i + 1))
 
 
+def _call(i: int) -> tuple[bytes, bytes, bytes, bytes, int, int]:
+    """`_ask(i)` as the signer takes it: the request body's sha256, not the body."""
+    cid, request, answer, version, charged, cumulative = _ask(i)
+    return cid, hashlib.sha256(request).digest(), answer, version, charged, cumulative
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 32, 33])
 async def test_a_tick_of_receipts_is_one_signature_each_verifiable(count: int) -> None:
     signer = ReceiptSigner(PROVIDER, chain_id=31337, settlement=SETTLEMENT, max_batch=64)
-    texts = await asyncio.gather(*(signer.sign_batched(*_ask(i)) for i in range(count)))
+    texts = await asyncio.gather(*(signer.sign_batched(*_call(i)) for i in range(count)))
     receipts = [_parse(t) for t in texts]
     assert len({r.signature for r in receipts}) == 1  # one signature for the whole tick
     for i, r in enumerate(receipts):
@@ -51,17 +57,17 @@ async def test_a_tick_of_receipts_is_one_signature_each_verifiable(count: int) -
 
 async def test_batches_are_capped_and_ticks_do_not_mix() -> None:
     signer = ReceiptSigner(PROVIDER, chain_id=31337, settlement=SETTLEMENT, max_batch=4)
-    texts = await asyncio.gather(*(signer.sign_batched(*_ask(i)) for i in range(10)))
+    texts = await asyncio.gather(*(signer.sign_batched(*_call(i)) for i in range(10)))
     signatures = [_parse(t).signature for t in texts]
     assert [signatures.count(s) for s in dict.fromkeys(signatures)] == [4, 4, 2]
-    later = _parse(await signer.sign_batched(*_ask(99)))  # a new tick: a batch of one
+    later = _parse(await signer.sign_batched(*_call(99)))  # a new tick: a batch of one
     assert later.proof == () and later.signature not in signatures
     channels.verify_receipt(later, 31337, SETTLEMENT, PROVIDER.address)
 
 
 def test_a_receipt_signed_alone_has_an_empty_proof() -> None:
     signer = ReceiptSigner(PROVIDER, chain_id=31337, settlement=SETTLEMENT)
-    receipt = _parse(signer.sign(*_ask(5)))
+    receipt = _parse(signer.sign(*_call(5)))
     assert receipt.proof == ()
     channels.verify_receipt(receipt, 31337, SETTLEMENT, PROVIDER.address)
     with pytest.raises(ValueError, match="max_batch"):
@@ -70,8 +76,8 @@ def test_a_receipt_signed_alone_has_an_empty_proof() -> None:
 
 async def test_a_receipt_cancelled_before_its_batch_is_signed_leaves_the_batch() -> None:
     signer = ReceiptSigner(PROVIDER, chain_id=31337, settlement=SETTLEMENT)
-    first = signer.sign_batched(*_ask(1))
-    second = signer.sign_batched(*_ask(2))
+    first = signer.sign_batched(*_call(1))
+    second = signer.sign_batched(*_call(2))
     first.cancel()  # e.g. its charge failed to reach the disk: it is never signed
     receipt = _parse(await second)
     channels.verify_receipt(receipt, 31337, SETTLEMENT, PROVIDER.address)

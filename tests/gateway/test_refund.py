@@ -85,9 +85,10 @@ async def test_facilitator_settle_never_signs_a_refund_over_unclaimed_charges(
     make_config, anvil, null_classifier, jpeg, tmp_path: Path
 ) -> None:
     """POST /facilitator/settle with a server-enriched refund (amount, refundNonce, no
-    signatures) for one of our channels: our key signs it only against our ledger, so the
-    charges are claimed first. Before, it signed the amount asked for: a payer could take back
-    everything it had been charged."""
+    authorizer signatures) for one of our channels: our key signs it only when the payer's
+    zero-charge voucher asks for it, and only against our ledger, so the charges are claimed
+    first. Before, it signed the amount asked for: a payer could take back everything it had
+    been charged, and anyone could close anyone's channel."""
     app = create_app(paid_config(make_config, anvil, model="null"), classifier=null_classifier)
     async with serve(app) as url, client_for(url, tmp_path, DEV_KEYS[6]) as client:
         for _ in range(3):
@@ -95,18 +96,34 @@ async def test_facilitator_settle_never_signs_a_refund_over_unclaimed_charges(
         cid = paid.channel_id if isinstance(paid.channel_id, bytes) else bytes.fromhex(paid.channel_id[2:])
         balance, _ = await onchain_channel(anvil, cid)
         offer = await client._offer_for(url + "/v1/classify")
+        signed = client.payer.refund(offer).payload.payload
+        assert isinstance(signed, channels.protocol.RefundPayload)
+        enriched = {
+            "type": "refund",
+            "channelConfig": client.payer.channel_config(offer).to_json(),
+            "voucher": signed.voucher.to_json(),  # the payer asked: its zero-charge voucher
+            "amount": str(balance),
+            "refundNonce": "0",
+        }
         body = {
             "x402Version": 2,
-            "paymentPayload": {"x402Version": 2, "payload": {
-                "type": "refund",
-                "channelConfig": client.payer.channel_config(offer).to_json(),
-                "amount": str(balance),
-                "refundNonce": "0",
-            }},
+            "paymentPayload": {"x402Version": 2, "payload": enriched},
             "paymentRequirements": offer.to_json(),
         }
-        async with aiohttp.ClientSession() as s, s.post(url + "/facilitator/settle", json=body) as r:
-            answer = await r.json()
+        async with aiohttp.ClientSession() as s:
+            # Without the payer's voucher, or with another key's, nobody may close the channel.
+            other = channels.Signer(DEV_KEYS[5]).sign_digest(bytes(32))
+            for voucher in (None, {**signed.voucher.to_json(), "signature": "0x" + other.hex()}):
+                forged = {**body, "paymentPayload": {"x402Version": 2,
+                                                     "payload": {**enriched, "voucher": voucher}}}
+                async with s.post(url + "/facilitator/settle", json=forged) as r:
+                    refused = await r.json()
+                assert refused["success"] is False and "refund" not in refused.get("transaction", "")
+                assert refused["errorReason"] in (str(channels.ErrorCode.REFUND_PAYLOAD),
+                                                  str(channels.ErrorCode.VOUCHER_SIGNATURE))
+            assert await onchain_channel(anvil, cid) == (balance, 0)
+            async with s.post(url + "/facilitator/settle", json=body) as r:
+                answer = await r.json()
         assert answer["success"] is True, answer
         assert int(answer["amount"]) == balance - 3 * PRICE
         assert await onchain_channel(anvil, cid) == (3 * PRICE, 3 * PRICE)
