@@ -2,6 +2,8 @@
 
     >>> label_of(282), group_of(282)
     ('tiger cat', <AnimalGroup.CAT: 'cat'>)
+    >>> groups_for((*imagenet_labels(), "okapi"), {"okapi": "other_mammal"})[-1]  # a new label
+    <AnimalGroup.OTHER_MAMMAL: 'other_mammal'>
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import bisect
 import enum
 import functools
+from collections.abc import Mapping, Sequence
 
-__all__ = ["ANIMAL_GROUP_RANGES", "AnimalGroup", "group_of", "imagenet_labels", "label_of"]
+__all__ = ["ANIMAL_GROUP_RANGES", "AnimalGroup", "group_of", "groups_for", "imagenet_labels",
+           "label_of"]
 
 
 class AnimalGroup(enum.StrEnum):
@@ -26,15 +30,13 @@ class AnimalGroup(enum.StrEnum):
     INVERTEBRATE = "invertebrate"  # insects, spiders, crustaceans, molluscs, corals, ...
     NOT_ANIMAL = "not_animal"
 
-    # Shadows str.title() on purpose: a group's words for people are what callers print
-    # (gateway/cli/classify_local.py); title-casing a group's value has no use.
     @property
-    def title(self) -> str:  # type: ignore[override]
-        """Words for people: ``AnimalGroup.INVERTEBRATE.title == "insect or other invertebrate"``."""
-        return _TITLES[self]
+    def words(self) -> str:
+        """Words for people: ``AnimalGroup.INVERTEBRATE.words == "insect or other invertebrate"``."""
+        return _WORDS[self]
 
 
-_TITLES = {
+_WORDS = {
     AnimalGroup.DOG: "dog",
     AnimalGroup.CAT: "cat",
     AnimalGroup.OTHER_MAMMAL: "other mammal",
@@ -81,6 +83,26 @@ def group_of(index: int) -> AnimalGroup:
         if first <= index <= last:
             return group
     return AnimalGroup.NOT_ANIMAL
+
+
+def groups_for(labels: Sequence[str], label_groups: Mapping[str, str]) -> tuple[AnimalGroup, ...]:
+    """The animal group of every class of a model: ``label_groups[label]`` (a manifest's
+    groups for labels beyond ImageNet's 1000) where given, else ``group_of(index)``.
+
+    Raises ValueError naming the label when a value is not an ``AnimalGroup`` value.
+    """
+    groups = []
+    for index, label in enumerate(labels):
+        value = label_groups.get(label)
+        if value is None:
+            groups.append(group_of(index))
+            continue
+        try:
+            groups.append(AnimalGroup(value))
+        except ValueError:
+            raise ValueError(f"label_groups[{label!r}] = {value!r} is not an animal group; use one "
+                             f"of {', '.join(g.value for g in AnimalGroup)}") from None
+    return tuple(groups)
 
 
 @functools.cache

@@ -50,7 +50,7 @@ def test_label_and_group_of_boundary_classes(index: int, label: str, group: Anim
 
 
 def test_every_group_has_words_for_people() -> None:
-    assert AnimalGroup.INVERTEBRATE.title == "insect or other invertebrate"
-    assert AnimalGroup.NOT_ANIMAL.title == "not an animal"
-    assert {g.title for g in AnimalGroup} >= {"dog", "cat", "other mammal", "bird", "fish"}
+    assert AnimalGroup.INVERTEBRATE.words == "insect or other invertebrate"
+    assert AnimalGroup.NOT_ANIMAL.words == "not an animal"
+    assert {g.words for g in AnimalGroup} >= {"dog", "cat", "other mammal", "bird", "fish"}
     assert len(imagenet_labels()) == 1000
