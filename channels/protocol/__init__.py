@@ -83,6 +83,7 @@ from .wire import (
     PAYMENT_REQUIRED,
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
+    SAMPLE_SIGNATURE,
     encode_payment_required,
     encode_payment_response,
     encode_payment_signature,
@@ -91,6 +92,14 @@ from .wire import (
     parse_payment_signature,
 )
 from .spending import RefundPlan
+from .sample_auth import (
+    SampleAuthError,
+    SampleAuthorization,
+    check_sample_age,
+    encode_sample_signature,
+    parse_sample_signature,
+    sample_digest,
+)
 # After the names above: these two modules import them from the package.
 from .claims import ClaimBatch, ClaimRow, claim_batch, sign_claim_batch
 from .events import SETTLEMENT_EVENTS, channel_config_of, fact_of_event, needs_snapshot
@@ -137,6 +146,13 @@ __all__ = [
     "PAYMENT_REQUIRED",
     "PAYMENT_RESPONSE",
     "PAYMENT_SIGNATURE",
+    "SAMPLE_SIGNATURE",
+    "SampleAuthError",
+    "SampleAuthorization",
+    "check_sample_age",
+    "encode_sample_signature",
+    "parse_sample_signature",
+    "sample_digest",
     "AcceptInput",
     "BatchExtra",
     "CANONICAL_ERC3009_COLLECTOR_ADDRESS",
