@@ -16,7 +16,10 @@ Layout::
       .lock                   flock'd around every alias or manifest write
       <id>/weights.pth        the weights file, byte for byte as imported
       <id>/manifest.json      id, parent, architecture, labels, training_data, metrics,
-                              created_at, retired
+                              created_at, retired; label_groups when a label beyond
+                              ImageNet's has an animal group ({"okapi": "other_mammal"})
+      <id>/report.json        a retrained version's gate report (``save_report``/``report``)
+      <id>/publication.json   its ModelRegistry publication (``save_publication``/``publication``)
 
 A version's id is the sha256 of its weights file (``inference.weights.file_digest``), the
 same 32 bytes that ``ModelVersion.content_hash`` and every receipt carry. Every write is a
@@ -64,6 +67,8 @@ WEIGHTS = "weights.pth"
 ALIASES_FILE = "aliases.json"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
+REPORT_FILE = "report.json"  # a retrained version's gate report (inference.retraining)
+PUBLICATION_FILE = "publication.json"  # its ModelRegistry publication (gateway.provenance)
 _STAGING = ".staging-"
 _ID = re.compile(r"^[0-9a-f]{64}$")
 #: The shortest id prefix ``resolve`` accepts (shorter ones match by accident).
@@ -87,12 +92,19 @@ class Manifest:
     created_at: str = ""  # ISO 8601, UTC
     retired: bool = False
     weights: str = WEIGHTS  # the file name inside the version's directory
+    # The animal group (an AnimalGroup value) of labels beyond ImageNet's; any other label
+    # keeps ImageNet's (inference.labels.groups_for). Written only when not empty.
+    label_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "parent": self.parent, "architecture": self.architecture,
-                "labels": list(self.labels), "training_data": self.training_data,
-                "metrics": dict(self.metrics), "created_at": self.created_at,
-                "retired": self.retired, "weights": self.weights}
+        data: dict[str, Any] = {
+            "id": self.id, "parent": self.parent, "architecture": self.architecture,
+            "labels": list(self.labels), "training_data": self.training_data,
+            "metrics": dict(self.metrics), "created_at": self.created_at,
+            "retired": self.retired, "weights": self.weights}
+        if self.label_groups:
+            data["label_groups"] = dict(self.label_groups)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> Manifest:
@@ -116,12 +128,31 @@ class Manifest:
         if not labels or not all(isinstance(name, str) for name in labels):
             raise StoreError(f"{where}: field 'labels' must be a non-empty list of names")
         metrics = need("metrics", dict, optional=True) or {}
+        groups = need("label_groups", dict, optional=True) or {}
         return cls(id=ident, architecture=need("architecture", str), labels=tuple(labels),
                    parent=need("parent", str, optional=True),
                    training_data=need("training_data", str, optional=True),
                    metrics={str(k): float(v) for k, v in metrics.items()},
                    created_at=need("created_at", str), retired=bool(data.get("retired", False)),
-                   weights=need("weights", str, optional=True) or WEIGHTS)
+                   weights=need("weights", str, optional=True) or WEIGHTS,
+                   label_groups=_checked_label_groups(groups, labels, f"{where}: field "))
+
+
+def _checked_label_groups(groups: Mapping[Any, Any], labels: Sequence[str],
+                          where: str = "") -> dict[str, str]:
+    """``groups`` as {label: AnimalGroup value}; StoreError naming the entry and the fix."""
+    from inference.labels import AnimalGroup
+
+    known = set(labels)
+    allowed = ", ".join(g.value for g in AnimalGroup)
+    for label, group in groups.items():
+        if label not in known:
+            raise StoreError(f"{where}'label_groups': {label!r} is not one of the version's "
+                             "labels; key it by a label name in 'labels'")
+        if group not in AnimalGroup.__members__.values():
+            raise StoreError(f"{where}'label_groups': {label!r} maps to {group!r}, not an animal "
+                             f"group; use one of {allowed}")
+    return {str(k): str(v) for k, v in groups.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,7 +284,8 @@ class ModelStore:
 
         version = self.servable(ref)
         return load_model(version.manifest.architecture, version.weights_path,
-                          labels=version.manifest.labels, **options)
+                          labels=version.manifest.labels,
+                          label_groups=version.manifest.label_groups, **options)
 
     # ------------------------------------------------------------------ writing
 
@@ -266,9 +298,11 @@ class ModelStore:
         parent: str | None = None,
         training_data: str | None = None,
         metrics: Mapping[str, float] | None = None,
+        label_groups: Mapping[str, str] | None = None,
     ) -> StoredVersion:
         """Copy a weights file in as a version (id: the file's sha256), checked by a strict
         load into ``architecture`` with ``len(labels)`` classes (default ImageNet-1k's).
+        ``label_groups``: the animal group of labels beyond ImageNet's (``{"okapi": "other_mammal"}``).
         Importing the same bytes again returns the stored version unchanged."""
         source = Path(path)
         if not source.is_file():
@@ -289,6 +323,7 @@ class ModelStore:
             bad = [k for k, v in metrics.items() if not isinstance(v, (int, float))]
             if bad:
                 raise StoreError(f"metrics: {bad[0]!r} is not a number; metrics map names to numbers")
+        groups = _checked_label_groups(label_groups or {}, labels)
         staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=self.root))
         try:
             weights = staging / WEIGHTS
@@ -304,7 +339,7 @@ class ModelStore:
                                  "these weights were saved from, and one label per class") from None
             manifest = Manifest(
                 id=ident, architecture=architecture, labels=labels, parent=parent,
-                training_data=training_data, metrics=dict(metrics or {}),
+                training_data=training_data, metrics=dict(metrics or {}), label_groups=groups,
                 created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             )
             _write_durably(staging / MANIFEST, _dumps(manifest.to_json()))
@@ -333,11 +368,16 @@ class ModelStore:
             self._set_aliases({CHAMPION: version.id, PREVIOUS: None}, "bootstrap")
         return self.get(version.id)
 
-    def promote(self, ref: str) -> StoredVersion:
+    def promote(self, ref: str, *, if_champion: str | None = None) -> StoredVersion:
         """Make ``ref`` the champion; the old champion becomes ``previous``. Promoting the
-        champion again changes nothing."""
+        champion again changes nothing. ``if_champion``: refuse (StoreError) unless that id
+        is still the champion (a retrain promotes only over the parent it trained from)."""
         with self._locked():
             version = self.resolve(ref)
+            current = self.aliases()[CHAMPION]
+            if if_champion is not None and current != if_champion:
+                raise StoreError(f"champion: changed from {if_champion[:16]} to "
+                                 f"{str(current)[:16]} meanwhile; retrain from the new champion")
             if version.retired:
                 raise StoreError(f"version {version.id[:16]}: retired, cannot be promoted; "
                                  "import new weights or promote another version")
@@ -372,6 +412,48 @@ class ModelStore:
             if aliases[PREVIOUS] == version.id:
                 self._set_aliases({CHAMPION: aliases[CHAMPION], PREVIOUS: None}, "retire")
         return self.get(version.id)
+
+    def save_report(self, ref: str, report: Mapping[str, Any]) -> Path:
+        """Keep a retrain's gate report with its version, as ``<id>/report.json`` (atomic;
+        a later retrain that produced the same weights replaces it)."""
+        version = self.resolve(ref)
+        path = version.path / REPORT_FILE
+        with self._locked():
+            _write_durably(path, _dumps(dict(report)))
+        return path
+
+    def report(self, ref: str) -> dict[str, Any] | None:
+        """The gate report kept with ``ref`` (None: the version was imported, not retrained)."""
+        path = self.resolve(ref).path / REPORT_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreError(f"{path}: not JSON ({exc}); retrain to write it again") from None
+        return data if isinstance(data, dict) else None
+
+    def save_publication(self, ref: str, publication: Mapping[str, Any]) -> Path:
+        """Record ``ref``'s ModelRegistry publication as ``<id>/publication.json`` (atomic):
+        tx_hash, block_number, chain_id, registry, publisher, weights_hash, manifest_digest,
+        published_at (``gateway.provenance`` writes it)."""
+        version = self.resolve(ref)
+        path = version.path / PUBLICATION_FILE
+        with self._locked():
+            _write_durably(path, _dumps(dict(publication)))
+        return path
+
+    def publication(self, ref: str) -> dict[str, Any] | None:
+        """``ref``'s recorded ModelRegistry publication (None: not published from here yet)."""
+        path = self.resolve(ref).path / PUBLICATION_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreError(f"{path}: not JSON ({exc}); delete it and run `paychan models "
+                             "publish` to record it again") from None
+        return data if isinstance(data, dict) else None
 
     # ------------------------------------------------------------------ internals
 

@@ -165,8 +165,8 @@ def test_the_champion_loaded_from_the_store_answers_as_today(store: ModelStore, 
     assert model.version == dataclasses.replace(lite0.version, source=model.version.source)
     assert model.data_config == lite0.data_config
     batch = create_transform(**model.data_config)(chelsea.convert("RGB")).unsqueeze(0)
-    (p_store,), (i_store,) = model.top_k(batch, k=1)
-    (p_today,), (i_today,) = lite0.top_k(batch, k=1)
+    (p_store,), (i_store,), _ = model.top_k(batch, k=1)
+    (p_today,), (i_today,), _ = lite0.top_k(batch, k=1)
     assert int(i_store[0]) == int(i_today[0]) == 282 and model.labels[282] == "tiger cat"
     assert float(p_store[0]) == pytest.approx(float(p_today[0]), abs=1e-6)
 
