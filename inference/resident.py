@@ -14,6 +14,17 @@ versions. A version that is not resident is loaded in a worker thread (reading w
 and warmed on its own model thread; concurrent requests for it share one load. When a load
 makes the set exceed ``capacity``, the least recently used version leaves the set at once and
 its classifier is closed once the requests using it have finished (``use`` counts them).
+
+A hot swap (``gateway.model_watch``) loads the next default with ``acquire_next`` and then
+moves the default with ``set_default``, one synchronous step on the event loop: a request
+that already holds a lease finishes on the version it started on, every later unpinned
+request gets the new one, and no batch mixes the two. While a swap is pending neither the
+current default nor the incoming version is evicted (the set may exceed ``capacity``);
+``set_default`` or ``cancel_next`` trims it back::
+
+    lease = await models.acquire_next(stored)             # loaded + warm, not yet the default
+    models.set_default(stored)                            # or models.cancel_next() on a failed check
+    lease.release()
 """
 
 from __future__ import annotations
@@ -82,6 +93,7 @@ class ResidentModels:
         self._hooks: list[Callable[[ImageClassifier], None]] = []
         self._default: StoredVersion | None = None
         self._default_id = ""
+        self._incoming = ""  # the version a pending swap is loading (acquire_next)
         self._closed = False
         self._owned = True
 
@@ -118,6 +130,35 @@ class ResidentModels:
     def resident(self) -> dict[str, ImageClassifier]:
         """Version id -> classifier, least recently used first."""
         return {key: entry.clf for key, entry in self._entries.items()}
+
+    async def acquire_next(self, version: StoredVersion) -> Lease:
+        """``acquire`` the version a swap will make the default; until ``set_default`` or
+        ``cancel_next`` neither it nor the current default is evicted."""
+        self._incoming = version.id
+        try:
+            return await self.acquire(version)
+        except BaseException:
+            self.cancel_next()
+            raise
+
+    def set_default(self, version: StoredVersion) -> None:
+        """Make the resident ``version`` the default now (no await: between two batches);
+        ValueError if it is not resident. The old default stays resident (LRU) and is closed
+        only after its last lease, if the bound evicts it."""
+        entry = self._entries.get(version.id)
+        if entry is None or entry.evicted:
+            raise ValueError(f"version {version.id[:16]}: not resident; acquire it before "
+                             "making it the default")
+        self._default = version
+        self._default_id = version.id
+        self._entries.move_to_end(version.id)
+        self._incoming = ""
+        self._trim(keep=version.id)
+
+    def cancel_next(self) -> None:
+        """Give up a pending swap: the default stays, the bound applies again."""
+        self._incoming = ""
+        self._trim(keep=self._default_id)
 
     def on_open(self, hook: Callable[[ImageClassifier], None]) -> None:
         """Call ``hook(clf)`` for every classifier resident now and every one loaded later."""
@@ -220,13 +261,21 @@ class ResidentModels:
         self._entries[version.id] = entry
         for hook in self._hooks:
             hook(clf)
+        self._trim(keep=version.id)
+        return entry
+
+    def _trim(self, keep: str) -> None:
+        """Evict least recently used versions down to ``capacity``, never ``keep`` (the one
+        just loaded), nor, while a swap is pending, the default or the incoming version."""
+        protected = {keep, self._incoming, self._default_id} if self._incoming else {keep}
         while len(self._entries) > self.capacity:
-            victim_key = next(k for k in self._entries if k != version.id)
+            victim_key = next((k for k in self._entries if k not in protected), None)
+            if victim_key is None:
+                return
             victim = self._entries.pop(victim_key)
             victim.evicted = True
             if victim.users == 0:
                 self._close_later(victim)
-        return entry
 
     def _close_later(self, entry: _Entry) -> None:
         if entry.closed:
