@@ -40,6 +40,7 @@ an acknowledged charge unless the URL says `durability=relaxed` (see `redis_conn
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import Callable
@@ -47,19 +48,32 @@ from typing import Any
 
 from redis.exceptions import ClusterError, TryAgainError
 
-from channels.protocol import ChannelState, LedgerError, LedgerPolicy
+from channels.protocol import (
+    ChannelState,
+    LedgerError,
+    LedgerPolicy,
+    Reservation,
+    UnknownReservation,
+)
 
 from ._codec import IdempotencyRecord, decode_idem, decode_state, encode_idem, encode_state
 from .base import Store, T, Transition, _IdemOp
-from .redis_conn import NotDurable, check_durability, connect, parse_redis_url
+from .redis_conn import NotDurable, check_durability, connect, is_redis_outage, parse_redis_url
 
 __all__ = ["ChannelContended", "NotDurable", "RedisStore"]
+
+log = logging.getLogger("paychan.store")
 
 # KEYS[1] state hash, KEYS[2] the channel's turn key (fairness), KEYS[3] idempotency key (optional)
 # ARGV[1] expected version ('' = do not touch the state), ARGV[2] new state JSON,
 # ARGV[3] idem op ('' | 'set' | 'drop'), ARGV[4] record JSON, ARGV[5] ttl ms, ARGV[6] request id,
-# ARGV[7] this store's token, ARGV[8] '1' = take the turn on conflict, ARGV[9] turn ttl ms
+# ARGV[7] this store's token, ARGV[8] '1' = take the turn on conflict, ARGV[9] turn ttl ms.
+# Returns {2} (nothing written) for a 'set' whose key another request took over (see _TAKEOVER).
 _CAS = """
+if ARGV[3] == 'set' then
+  local cur = redis.call('GET', KEYS[3])
+  if cur and cjson.decode(cur).r ~= ARGV[6] then return {2} end
+end
 if ARGV[1] ~= '' then
   local v = redis.call('HGET', KEYS[1], 'v') or '0'
   local turn = redis.call('GET', KEYS[2])
@@ -94,6 +108,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 return false
 """
 
+# KEYS[1] idem key; ARGV[1] the pending record seen (its owner's heartbeat gone), ARGV[2] ours,
+# ARGV[3] ttl ms. Takes the key only if it still holds exactly what was seen (or nothing).
+_TAKEOVER = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return cur end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
+"""
+
 # KEYS[1] kv hash; ARGV[1] field, ARGV[2] expected ('' with ARGV[3]=='0': absent), ARGV[4] value,
 # ARGV[5] '1' = delete
 _KV_CAS = """
@@ -125,6 +148,8 @@ class RedisStore(Store):
     turn_after = 2  # conflicts in a row before this store claims the channel's turn
     turn_ttl_ms = 250  # a crashed turn holder blocks the channel at most this long
     migration_wait_s = 10.0  # Redis Cluster: how long a charge waits for its slot to migrate
+    heartbeat_every_s = 1.0  # how often this process refreshes its heartbeat key
+    heartbeat_ttl_ms = 5_000  # a dead process's pending Idempotency-Keys are free this long after
 
     def __init__(
         self,
@@ -143,6 +168,7 @@ class RedisStore(Store):
         self._base = f"{prefix}:{chain_id}:{self.contract}"
         self._cas = client.register_script(_CAS)
         self._begin = client.register_script(_BEGIN)
+        self._takeover = client.register_script(_TAKEOVER)
         self._kvcas = client.register_script(_KV_CAS)
         self._cache: dict[bytes, tuple[int, ChannelState | None]] = {}
         # one transition per channel at a time IN this process: tasks of one process never
@@ -150,6 +176,13 @@ class RedisStore(Store):
         self._locks: dict[bytes, asyncio.Lock] = {}
         self.conflicts = 0  # CAS retries so far (contention figure)
         self._token = uuid.uuid4().hex
+        self.takeovers = 0  # pending Idempotency-Key markers taken over from dead owners
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closed = False  # ends the heartbeat even where redis-py swallowed its cancel
+        # Holds and pending markers whose release met a Redis outage (the gateway releases
+        # what an outage interrupted): released by the heartbeat once Redis answers again, so
+        # a resend by key is not kept waiting on them.
+        self._orphans: dict[tuple[bytes, str], str | None] = {}
 
     @classmethod
     async def open(
@@ -181,6 +214,9 @@ class RedisStore(Store):
     @property
     def _index_key(self) -> str:
         return f"{self._base}:channels"
+
+    def _alive_key(self, owner: str) -> str:
+        return f"{self._base}:alive:{owner}"
 
     def _kv_key(self, namespace: str) -> str:
         return f"{self._base}:kv:{namespace}"
@@ -239,13 +275,19 @@ class RedisStore(Store):
             if idem is not None:
                 keys.append(self._idem_key(channel_id, idem.key))
                 rec = encode_idem(idem.record) if idem.record is not None else b""
-                args += [idem.kind, rec, int(self.idempotency_ttl_s * 1000), idem.request_id]
+                owner_id = idem.request_id or (idem.record.request_id if idem.record else "")
+                args += [idem.kind, rec, int(self.idempotency_ttl_s * 1000), owner_id]
             else:
                 args += ["", b"", 0, ""]
             args += [self._token, "1" if conflicts >= self.turn_after else "0", self.turn_ttl_ms]
             if ver == 0 and not unchanged:
                 await self._r.sadd(self._index_key, channel_id.hex())
             got = await self._cas_waiting_out_migrations(keys, args)
+            if got[0] == 2:
+                raise UnknownReservation(
+                    f"channel 0x{channel_id.hex()}: the Idempotency-Key was taken over by a retry "
+                    "(this process's heartbeat had lapsed); nothing charged"
+                )
             if got[0] == 1:
                 if not unchanged:
                     self._cache[channel_id] = (int(got[1]), new)
@@ -302,17 +344,81 @@ class RedisStore(Store):
     async def begin_idempotent(
         self, channel_id: bytes, key: str, request_id: str, now: float, *, digest: str = ""
     ) -> IdempotencyRecord | None:
-        rec = encode_idem(IdempotencyRecord(request_id, now, None, digest))
+        """Claim the key (see `Store.begin_idempotent`). A pending marker is also taken over,
+        at once, when the process that wrote it is dead: its heartbeat key (refreshed every
+        `heartbeat_every_s`, gone `heartbeat_ttl_ms` after the last refresh) has expired. The dead
+        owner's hold is released first, so a commit of the old request that was merely late
+        finds no reservation; one that landed first has replaced the marker with its answer,
+        and the takeover's compare-and-set then fails and returns that answer to replay."""
+        if self._heartbeat is None or self._heartbeat.done():
+            # beat once before the first marker names us, so no one sees us without one
+            await self._r.set(self._alive_key(self._token), b"1", px=self.heartbeat_ttl_ms)
+            self._start_heartbeat()
+        idem_key = self._idem_key(channel_id, key)
+        ttl_ms = int(self.idempotency_ttl_s * 1000)
+        rec = encode_idem(IdempotencyRecord(request_id, now, None, digest, self._token))
         got = await self._begin(
-            keys=[self._idem_key(channel_id, key)],
-            args=[
-                rec,
-                repr(now),
-                repr(self.policy.reservation_timeout_s),
-                int(self.idempotency_ttl_s * 1000),
-            ],
+            keys=[idem_key],
+            args=[rec, repr(now), repr(self.policy.reservation_timeout_s), ttl_ms],
         )
-        return decode_idem(got) if got else None
+        if not got:
+            return None
+        seen = decode_idem(got)
+        if seen.done or not seen.owner or seen.owner == self._token:
+            return seen
+        if await self._r.exists(self._alive_key(seen.owner)):
+            return seen  # its owner is alive: the first request is still running
+        await self.release(channel_id, seen.request_id)  # the dead owner's hold, if any
+        taken = await self._takeover(keys=[idem_key], args=[got, rec, ttl_ms])
+        if taken:
+            return decode_idem(taken)  # its answer landed first (replay), or another retry won
+        self.takeovers += 1
+        return None
+
+    async def _beat(self) -> None:
+        """Keep this process's heartbeat key alive (pending markers name it as their owner)."""
+        while not self._closed:
+            await asyncio.sleep(self.heartbeat_every_s)
+            while not self._closed:
+                try:
+                    await self._r.set(self._alive_key(self._token), b"1", px=self.heartbeat_ttl_ms)
+                    if self._orphans:
+                        await self._release_orphans()
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - Redis away (restarting): beat again soon,
+                    await asyncio.sleep(0.1)  # so a restarted Redis sees us again at once
+
+    async def release(
+        self, channel_id: bytes, request_id: str, *, idempotency_key: str | None = None
+    ) -> Reservation | None:
+        try:
+            return await super().release(channel_id, request_id, idempotency_key=idempotency_key)
+        except Exception as exc:
+            if is_redis_outage(exc):
+                self._orphans[(channel_id, request_id)] = idempotency_key
+                self._start_heartbeat()
+            raise
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._beat(), name="paychan-redis-heartbeat"
+            )
+
+    async def _release_orphans(self) -> None:
+        """Release what an outage left behind (a commit that did land makes this a no-op: its
+        reservation is gone and its key holds the answer, which a release never drops)."""
+        for (cid, request_id), key in list(self._orphans.items()):
+            try:
+                await super().release(cid, request_id, idempotency_key=key)
+            except Exception as exc:
+                if is_redis_outage(exc):
+                    raise  # still away: the heartbeat tries again
+                log.warning("releasing %s on 0x%s after an outage failed: %s", request_id,
+                            cid.hex(), exc)  # it expires by itself after the timeout
+            del self._orphans[(cid, request_id)]
 
     async def get_idempotent(self, channel_id: bytes, key: str) -> IdempotencyRecord | None:
         raw = await self._r.get(self._idem_key(channel_id, key))
@@ -357,4 +463,11 @@ class RedisStore(Store):
         return n
 
     async def close(self) -> None:
+        # A cancel that lands inside a redis-py command can be swallowed there (seen with a
+        # process resumed after SIGSTOP): the flag ends the loop at its next wake-up anyway.
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         await self._r.aclose()

@@ -27,7 +27,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
     "DURABILITY_MODES",
@@ -35,6 +37,7 @@ __all__ = [
     "RedisUrl",
     "check_durability",
     "connect",
+    "is_redis_outage",
     "parse_redis_url",
 ]
 
@@ -166,3 +169,14 @@ async def check_durability(client: Any, url: RedisUrl) -> None:
         f"before it answers. Fix: {_FIX}. To run anyway (tests, benchmarks), add "
         "`durability=relaxed` to the store URL"
     )
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the Redis server is away (down, restarting, still loading its AOF,
+    a cluster without a master for a slot) rather than that the request was wrong: the
+    gateway answers 503 for these and reports itself unready.
+
+        >>> is_redis_outage(redis.exceptions.ConnectionError("Connection refused"))
+        True
+    """
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError))
