@@ -7,7 +7,8 @@
 
 Resources live on typed keys (``gateway.keys``) and are opened and closed by cleanup
 contexts, in order: the classifier, the payment gate (chain client, ledger store, in-process
-facilitator), then the chain sync (watcher + settler, ``channels.provider.ChainSync``).
+facilitator), then the chain sync (watcher + settler, ``channels.provider.ChainSync``), then
+the model watch (hot swap of a new champion, ModelRegistry publication: ``gateway.model_watch``).
 Shutdown runs the other way round after aiohttp has stopped accepting connections and the
 in-flight paid requests have drained, so the last charges are committed before the store is
 flushed and closed. With ``config.facilitator`` the x402 facilitator endpoints are mounted
@@ -30,6 +31,8 @@ from gateway import predictions
 from gateway.admin import enable_admin
 from gateway.config import GatewayConfig
 from gateway.connections import CONNECTIONS, ConnectionGuard, ConnectionLimits
+from gateway.console import enable_console
+from gateway.earnings import accounting_ctx
 from gateway.facilitator_routes import FACILITATOR, facilitator_app
 from gateway.keys import (
     CAPS,
@@ -48,9 +51,11 @@ from gateway.keys import (
 )
 from gateway.limits import Deadlines, InFlightCaps, RateLimiter
 from gateway.metrics import Gauge, GatewayMetrics
+from gateway.model_watch import model_watch_ctx
+from gateway.retraining import retraining_ctx
 from gateway.routes import routes
-from gateway.samples import SampleStore
 from gateway.x402 import x402_middleware
+from inference.samples import SampleStore
 
 if TYPE_CHECKING:
     from inference import ImageClassifier
@@ -99,8 +104,9 @@ def create_app(
                            read=lambda: guard.open))
     app[DEADLINES] = Deadlines()
     app.cleanup_ctx.append(_deadlines_ctx)
-    app[SAMPLES] = SampleStore(config.samples_dir)
-    app[SAMPLE_LIMITER] = RateLimiter(config.samples_per_minute)
+    app[SAMPLES] = SampleStore(config.samples_dir, max_total_bytes=config.samples_max_bytes,
+                               max_payer_bytes=config.samples_payer_max_bytes)
+    app[SAMPLE_LIMITER] = RateLimiter(config.samples_per_minute, burst=config.samples_burst)  # per payer
     app.add_routes(routes)
     app.cleanup_ctx.append(_classifier_ctx(classifier))
     if config.payment:
@@ -110,9 +116,14 @@ def create_app(
             facilitator = facilitator_app()
             app.add_subapp("/facilitator", facilitator)
         app.cleanup_ctx.append(_payments_ctx(chain, facilitator))
+        app.cleanup_ctx.append(accounting_ctx)  # usage log, chain-truth metrics (gateway/earnings.py)
         if config.settler:
             app.cleanup_ctx.append(_chain_sync_ctx)
+    # The champion watch (hot swap) and the ModelRegistry publisher, once models and chain are open.
+    app.cleanup_ctx.append(model_watch_ctx)
+    app.cleanup_ctx.append(retraining_ctx)  # --retrain-after N: retrains in a subprocess
     enable_admin(app, config)  # POST /admin/settle, only with an admin token (gateway/admin.py)
+    enable_console(app, config)  # GET /admin/console, /admin/earnings: the same token (gateway/console)
     app.on_shutdown.append(_drain)
     return app
 
@@ -186,14 +197,22 @@ async def _drain(app: web.Application) -> None:
 async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    counter = request.app[METRICS].requests
+    metrics = request.app[METRICS]
+    counter = metrics.requests
+    started = time.perf_counter()
+
+    def count(status: int) -> None:
+        counter.inc((name, str(status)))
+        if name.startswith("/v1/"):  # the API's traffic, for the console's charts
+            metrics.minutes.record(status, time.perf_counter() - started)
+
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        counter.inc((name, str(exc.status)))
+        count(exc.status)
         raise
     except Exception:
-        counter.inc((name, "500"))
+        count(500)
         raise
-    counter.inc((name, str(response.status)))
+    count(response.status)
     return response

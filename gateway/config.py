@@ -60,6 +60,9 @@ class GatewayConfig:
     token: str | None = None
     token_name: str | None = None  # the token's EIP-712 domain; read from the chain if unset
     token_version: str | None = None
+    # What people read amounts in (gateway.tokens): set by `paychan serve` from the chain.
+    token_symbol: str | None = None
+    token_decimals: int | None = None
     settlement: str = _CANONICAL_SETTLEMENT
     collector: str = _CANONICAL_COLLECTOR
     receiver: str | None = None  # payTo; defaults to the key's address
@@ -77,6 +80,18 @@ class GatewayConfig:
     batch_cap: int | None = None  # largest model batch; None: chosen at warm-up by timing
     models: Path | None = None  # a model store (inference.versions): serve its champion, pin others
     max_resident_models: int = 2  # store versions loaded at once (LRU); each has its own batcher
+    # The store's champion alias is polled this often (aliases.json mtime + content) and a new
+    # champion is loaded, warmed, golden-checked and swapped in (gateway.model_watch); 0: off.
+    model_watch_s: float = 1.0
+    # The ModelRegistry contract (contracts.DEV_REGISTRY on dev chains): advertised in
+    # /v1/models, and, with publish_models, every served version is published there first
+    # (gateway.provenance; the key must own the registry). None: no registry.
+    registry: str | None = None
+    publish_models: bool = True
+    # After this many new samples, `paychan models retrain` runs in a subprocess (gateway.
+    # retraining) and a candidate that passes the gate becomes champion; None: never.
+    retrain_after: int | None = None
+    retrain_poll_s: float = 10.0  # how often the sample count is checked
     # --- limits
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 16
@@ -85,8 +100,13 @@ class GatewayConfig:
     max_in_flight: int = 256  # requests inside the classifier queue before 429
     retry_after_s: int = 1
     request_timeout_s: float = 30.0
-    samples_per_minute: int = 60  # per client address
-    max_sample_bytes: int = 4 * 1024 * 1024
+    # --- samples (POST /v1/samples): signed by a payer with a funded channel here
+    samples_per_minute: int = 60  # per payer, sustained (token bucket)
+    samples_burst: int = 20  # per payer, at once
+    max_sample_bytes: int = 4 * 1024 * 1024  # one sample's body
+    samples_max_bytes: int = 10 * 1024**3  # image bytes the whole store may hold (then 507)
+    samples_payer_max_bytes: int = 256 * 1024**2  # ... and each payer's share (then 507)
+    sample_signature_max_age_s: float = 600.0  # older SAMPLE-SIGNATUREs are refused (401)
     # --- connections (gateway.connections): slow or greedy clients are cut off. An HTTP
     # client's pool (aiohttp, httpx: 100 connections) fits under the per-address cap.
     header_timeout_s: float = 10.0  # request line + headers, from connect or first byte (408)
@@ -105,6 +125,9 @@ class GatewayConfig:
     claim_threshold: int = 1_000_000  # ... or once this much is unclaimed (0: every check)
     claim_batch_size: int = 100  # channels per claimWithSignature (1..100)
     chain_poll_s: float = 1.0  # how often the watcher reads new blocks
+    # While the chain node is unreachable, known channels are still served until this many
+    # token units were charged (per process) since it was last seen; then 503 chain_unavailable.
+    max_offline_exposure: int = 1_000_000
     confirmations: int = 0  # blocks deep before an event is applied (0 on dev chains)
     start_block: int | None = None  # where a watcher with no stored cursor starts (None: head)
     settler_lease_ttl_s: float = 15.0  # Redis lease: another worker takes over this long after a crash
@@ -113,8 +136,13 @@ class GatewayConfig:
     # --- operator routes (gateway/admin.py): POST /admin/settle exists only with a token
     admin_token: str | None = field(default=None, repr=False)  # PAYCHAN_ADMIN_TOKEN
     admin_token_file: Path | None = None  # --admin-token-file: a file holding the token
+    # --- accounting (gateway/earnings.py, gateway/usage.py, the console at /admin/console)
+    usage_log: Path | None = None  # one JSON line per paid answer; None: <sqlite ledger>.usage.jsonl
+    console_sample_s: float = 60.0  # how often the console's earnings plot gets a point
     # --- shutdown
     drain_timeout_s: float = 10.0
+    # --- the access log (gateway.access_log): one JSON line a request; "-" is stdout, "off" none
+    access_log: str = "-"
 
     # ------------------------------------------------------------------ loading
 
@@ -172,17 +200,25 @@ class GatewayConfig:
             "port", "workers", "price", "max_body_bytes", "max_images", "max_top_k",
             "max_in_flight_per_channel", "max_in_flight", "max_sample_bytes",
             "samples_per_minute", "max_timeout_seconds", "max_resident_models",
+            "samples_burst", "samples_max_bytes", "samples_payer_max_bytes",
+            "sample_signature_max_age_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
         for name in ("claim_interval_s", "claim_after_s", "chain_poll_s", "settler_lease_ttl_s",
-                     "tx_timeout_s"):
+                     "tx_timeout_s", "console_sample_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}; {_where(name)}")
         if self.batch_cap is not None and not 1 <= self.batch_cap <= 256:
             raise ConfigError(f"batch_cap: must be 1..256 images, got {self.batch_cap}; "
                               f"{_where('batch_cap')} (or leave it unset: chosen at warm-up)")
+        if self.retrain_after is not None and (self.retrain_after < 1 or self.models is None):
+            raise ConfigError(f"retrain_after: needs a model store (--models DIR) and at least 1 "
+                              f"sample, got {self.retrain_after}; {_where('retrain_after')}")
+        if self.retrain_poll_s <= 0:
+            raise ConfigError(f"retrain_poll_s: must be positive, got {self.retrain_poll_s}; "
+                              f"{_where('retrain_poll_s')}")
         if self.models is not None and self.is_null_model:
             raise ConfigError("models: the null model serves no store; drop --models "
                               "(PAYCHAN_MODELS) or --model null")
@@ -192,7 +228,7 @@ class GatewayConfig:
         for name in ("body_min_rate", "max_connections_per_address"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be 0 (off) or more, got {getattr(self, name)}; {_where(name)}")
-        for name in ("claim_threshold", "confirmations", "start_block"):
+        for name in ("claim_threshold", "confirmations", "start_block", "max_offline_exposure"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name}: must be 0 or more, got {value}; {_where(name)}")
@@ -206,7 +242,15 @@ class GatewayConfig:
                 f"withdraw_delay: must be 900..2592000 seconds (15 min to 30 days), got "
                 f"{self.withdraw_delay}; {_where('withdraw_delay')}"
             )
-        for name in ("token", "settlement", "collector", "receiver"):
+        if not self.rpc_url.startswith(("http://", "https://")):  # connect_rpc speaks HTTP
+            what = "is not an HTTP URL" if "://" in self.rpc_url else "has no scheme"
+            raise ConfigError(f"rpc_url: {self.rpc_url!r} {what}; pass --rpc "
+                              f"http://{self.rpc_url.split('://')[-1]} (or https://; also PAYCHAN_RPC_URL "
+                              "or `rpc_url = ...` in the TOML file)")
+        if self.model_watch_s < 0:
+            raise ConfigError(f"model_watch_s: must be 0 (off) or more seconds, got "
+                              f"{self.model_watch_s}; {_where('model_watch_s')}")
+        for name in ("token", "settlement", "collector", "receiver", "registry"):
             value = getattr(self, name)
             if value is not None and not _is_address(value):
                 raise ConfigError(f"{name}: {value!r} is not a 0x-prefixed 20-byte address; {_where(name)}")

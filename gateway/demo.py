@@ -5,8 +5,9 @@
 
 What happens, in order: the embedded py-evm chain starts with our contracts at the canonical
 x402 addresses; the real classifier loads; the gateway listens on a free loopback port; a
-payer (anvil test key #1) deposits into a channel and classifies the demo photos
-concurrently over HTTP, paying each request with a voucher; the gateway claims the charges
+payer (anvil test key #1) deposits into a channel and classifies the demo photos (animals,
+and one thing that is not) concurrently over HTTP, paying each request with a voucher; each
+answer leads with the animal ("dog 97%", "not an animal 99%") before the top-k labels; the gateway claims the charges
 and settles them to the provider (anvil test key #0), and the payer takes back what it did not
 spend with a cooperative refund. Token balances are read from the chain
 before and after, so the summary states what the chain says, not what the client counted.
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gateway.cli._animal import animal_line
 
 if TYPE_CHECKING:  # the chain and the SDK load web3: inside run_demo at run time
     from channels.sdk import PaymentClient
@@ -205,15 +208,17 @@ async def _classify_one(client: PaymentClient, url: str, path: Path, report: Rep
     assert answer.payment is not None, "a paid answer without the payment that bought it"
     extra = answer.settlement.extra if answer.settlement else None
     body = answer.json()
-    best = body["results"][0]["predictions"][0]
+    result = body["results"][0]
+    best = result["predictions"][0]
     row.update(
+        animal=result["animal"],
         label=best["label"],
         score=best["probability"],
         model=body["model"]["id"],
         cost=int(extra.charged_amount) if extra is not None and extra.charged_amount is not None else 0,
         channel_id="0x" + answer.payment.channel_id.hex(),
     )
-    report(f"  {path.name:16s} {best['label']:24s} {best['probability']:6.1%}   cost {_usdc(row['cost'])}")
+    report(f"  {path.name:16s} {animal_line(result):68s} cost {_usdc(row['cost'])}")
     return row
 
 

@@ -37,20 +37,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from web3 import AsyncWeb3
 
-from channels.provider import (
-    ChainClient,
-    ChainSync,
-    Facilitator,
-    SettlementReport,
-    is_transport_error,
-    open_provider,
-)
 from channels.protocol import (
     IDEMPOTENCY_KEY,
     PAYMENT_RESPONSE,
@@ -66,15 +59,24 @@ from channels.protocol import (
     to_address,
     verify_deposit_authorization,
 )
+from channels.provider import (
+    ChainClient,
+    ChainHealth,
+    ChainSync,
+    Facilitator,
+    is_transport_error,
+    open_provider,
+)
+from channels.provider.store import is_redis_outage
 from gateway.chain_setup import close_web3, connect_rpc, provider_config, token_domain, web3_of
 from gateway.config import GatewayConfig
 from gateway.errors import api_error
-from gateway.keys import MODEL_VERSION_HASH
-from gateway.metrics import Gauge, GatewayMetrics
+from gateway.keys import CHARGED, MODEL_VERSION_HASH
+from gateway.metrics import GatewayMetrics, Gauge
 from gateway.paid_answers import PaymentResponder, replay, request_digest
 from gateway.receipts import ReceiptSigner
 from gateway.refunds import serve_refund
-from gateway.rejections import chain_unavailable, reject, resource_url
+from gateway.rejections import chain_unavailable, reject, resource_url, store_unavailable
 from gateway.terms import EXPOSE_HEADERS, Terms, VerifiedPayment
 from gateway.views import channel_view, settle_now
 
@@ -133,11 +135,20 @@ class PaymentGate:
         # Request ids unique across processes sharing a Redis ledger: pid + boot nonce + counter.
         self._ids = itertools.count()
         self._id_prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
-        sync.settler.listeners.append(self._count_settlement)
+        # Called after each committed charge with (hold, cumulative charged, request): the
+        # usage log (gateway.earnings). Claimed/settled metrics count the chain's events there.
+        self.charge_listeners: list[Callable[[Hold, int, web.Request], None]] = []
         metrics.add(Gauge("paychan_settler_leader", "1 while this process holds the settler lease.",
                           read=lambda: int(sync.leader)))
         metrics.add(Gauge("paychan_chain_rpc_retries", "RPC calls retried after a transport failure.",
                           read=lambda: chain.rpc_failures))
+        health = chain.health
+        if health is not None:  # what the gateway serves while the node is away (ChainHealth)
+            metrics.add(Gauge("paychan_chain_reachable", "1 while the chain node answers.",
+                              read=lambda: int(health.reachable)))
+            metrics.add(Gauge("paychan_chain_offline_exposure", "Token units charged since the "
+                              "chain node was last seen (capped by max_offline_exposure while it is away).",
+                              read=lambda: health.exposure))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +187,9 @@ class PaymentGate:
                 min_deposit=config.min_deposit,
             )
             provider = await open_provider(w3, wiring, chain_id=chain_id)
+            # Told by every RPC call whether the node answers (the chain sync polls it).
+            provider.chain.health = ChainHealth(max_exposure=config.max_offline_exposure,
+                                                stale_after_s=3 * config.chain_poll_s + 10)
         except BaseException:
             if owned_w3 is not None:
                 await close_web3(owned_w3)
@@ -264,12 +278,27 @@ class PaymentGate:
         return await serve_refund(self, payment, request)
 
     async def reserve(self, payment: VerifiedPayment, units: int, request: web.Request) -> Hold | web.Response:
-        """Hold the price (ledger acceptance rules); submit a deposit payload's deposit on-chain."""
+        """Hold the price (ledger acceptance rules); submit a deposit payload's deposit on-chain.
+        A store that cannot be reached (Redis down) is 503 ``store_unavailable``."""
+        request_id = self._id_prefix + str(next(self._ids))
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        try:
+            return await self._reserve(payment, units, request, request_id, key)
+        except Exception as exc:
+            if not is_redis_outage(exc):
+                raise
+            if key is not None:  # our pending marker may be stored: free it, now or (the
+                try:             # store keeps it) as soon as Redis answers again
+                    await self.store.release(payment.channel_id, request_id, idempotency_key=key)
+                except Exception:  # noqa: BLE001, S110 - the outage reported below
+                    pass
+            raise store_unavailable(self.config) from None
+
+    async def _reserve(self, payment: VerifiedPayment, units: int, request: web.Request,
+                       request_id: str, key: str | None) -> Hold | web.Response:
         amount = self.terms.price_of(units)
         payload = payment.payload
         deposit_amount = payload.deposit.amount if isinstance(payload, DepositPayload) else 0
-        request_id = self._id_prefix + str(next(self._ids))
-        key = request.headers.get(IDEMPOTENCY_KEY)
         digest, body_sha256 = "", b""
         if key is not None:
             body_sha256 = hashlib.sha256(await request.read()).digest()
@@ -279,6 +308,11 @@ class PaymentGate:
             if record is not None:
                 return replay(record, digest, metrics=self.metrics,
                               retry_after_s=self.config.retry_after_s)
+        offline = self._offline_refusal(amount, deposit=bool(deposit_amount))
+        if offline is not None:
+            if key is not None:
+                await self.store.release(payment.channel_id, request_id, idempotency_key=key)
+            raise offline
         voucher = payment.voucher
         inp = AcceptInput(payment.channel_id, voucher.max_claimable_amount, voucher.signature, amount,
                           request_id, time.time(), deposit_amount, payment.config)
@@ -289,6 +323,9 @@ class PaymentGate:
             # Unknown here but maybe funded on-chain (deposited elsewhere, or our state was
             # lost): mirror the chain's view once and try again (the spec's recovery baseline).
             try:
+                health = self.chain.health
+                if health is not None and not health.reachable:
+                    raise ConnectionError("the chain node is unreachable")  # do not wait on it
                 synced = await self._mirror_from_chain(payment)
             except Exception as exc:
                 if key is not None:
@@ -320,6 +357,25 @@ class PaymentGate:
             hold.deposit_tx, hold.deposit_amount = done.tx_hash, deposit_amount
         return hold
 
+    def _offline_refusal(self, amount: int, *, deposit: bool) -> web.HTTPException | None:
+        """While the chain node is unreachable: the 503 for a deposit (it needs the chain) or
+        for a charge past ``max_offline_exposure``; None otherwise (``ChainHealth``)."""
+        health = self.chain.health
+        if health is None or health.reachable:
+            return None
+        down = f"the chain node has been unreachable for {health.down_for_s():.0f} s"
+        retry = max(self.config.retry_after_s, 5)
+        if deposit:
+            return chain_unavailable(self.config, f"{down}; a deposit needs it: retry with the "
+                                     "same payment once it answers (nothing was charged)",
+                                     retry_after_s=retry)
+        if not health.admits(amount):
+            return chain_unavailable(self.config, f"{down} and this gateway has served "
+                                     f"{health.exposure} token units since it was last seen "
+                                     f"(max_offline_exposure {health.max_exposure}); retry once "
+                                     "the node answers (nothing was charged)", retry_after_s=retry)
+        return None
+
     async def _mirror_from_chain(self, payment: VerifiedPayment) -> bool:
         """Mirror a channel's on-chain state into the store; False when it holds nothing."""
         async with asyncio.timeout(self.config.request_timeout_s):
@@ -345,6 +401,7 @@ class PaymentGate:
         request_sha256 = hold.body_sha256 or hashlib.sha256(await request.read()).digest()
         version = request.get(MODEL_VERSION_HASH) or bytes(32)
         built: list[str] = []
+        charges: list[Any] = []
 
         def answer(_state: Any, charge: Any) -> bytes:
             # Built inside the store's atomic commit, so its receipt is signed alone, now.
@@ -352,6 +409,7 @@ class PaymentGate:
                                          charge.cumulative)
             header = self.responses.header(hold, charge, receipt)
             built.append(header)
+            charges.append(charge)
             return json.dumps({
                 "status": response.status, "contentType": response.content_type,
                 "body": base64.b64encode(body).decode(), "paymentResponse": header,
@@ -370,6 +428,7 @@ class PaymentGate:
                 charge = await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                                  on_charge=sign)
                 header = self.responses.header(hold, charge, await receipts[0])
+                charges.append(charge)
             else:
                 await self.store.commit(payment.channel_id, hold.request_id, hold.amount, time.time(),
                                         idempotency_key=hold.idempotency_key,
@@ -380,7 +439,7 @@ class PaymentGate:
             # charged (the voucher's headroom may already serve another request).
             raise api_error(503, "payment_expired", "the payment hold expired before the answer; "
                             "retry with a fresh voucher", retry_after=self.config.retry_after_s) from None
-        except Exception:
+        except Exception as exc:
             # The store refused the charge (a dead SQLite writer, an unreachable Redis): nothing
             # was charged, so the hold goes too, at once, rather than blocking the channel
             # until it expires. After a charge that did commit, this release finds nothing.
@@ -390,8 +449,18 @@ class PaymentGate:
                 await self.release(hold)
             except Exception:  # noqa: BLE001 - the same failure; the one above is the one to report
                 pass
+            if is_redis_outage(exc):  # the charge may have landed: a resend by key finds out
+                raise store_unavailable(self.config) from None
             raise
         self.metrics.charged.inc((), hold.amount)
+        if self.chain.health is not None:
+            self.chain.health.charged(hold.amount)
+        request[CHARGED] = ("0x" + payment.channel_id.hex(), hold.amount, hold.request_id)  # access log
+        for listener in self.charge_listeners:
+            try:
+                listener(hold, charges[-1].cumulative, request)
+            except Exception:  # noqa: BLE001 - the charge is made; a listener never undoes it
+                log.exception("charge listener failed")
         response.headers[PAYMENT_RESPONSE] = header
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
@@ -406,7 +475,3 @@ class PaymentGate:
         """Claim and settle everything charged, now, whatever the policy says; the round as
         JSON (``gateway.views.settle_now``). Raises ``channels.provider.TxFailed``."""
         return await settle_now(self.sync.settler, self.chain)
-
-    def _count_settlement(self, report: SettlementReport) -> None:
-        self.metrics.claimed.inc((), report.claimed)
-        self.metrics.settled.inc((), report.settled)

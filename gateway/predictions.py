@@ -8,6 +8,8 @@ for the image, 429/503 with Retry-After for the service)::
     clf = await open_classifier(config)                 # Classifier.load / Classifier.null
     check(clf, upload_bytes)                            # raises Rejected(status, code, msg)
     answer = await classify(clf, [jpeg], top_k=5)       # Answer(body=b'{...}', version_hash=...)
+    # body: {"model": {...}, "results": [{"animal": {"group", "probability", "status"},
+    #                                     "predictions": [...top-k...]}]}  (docs/protocol.md §5)
 
 With a model store (``config.models``) several versions are resident (``ResidentModels``)::
 
@@ -35,6 +37,7 @@ from inference import (
     ClassifierError,
     ImageClassifier,
     ImageError,
+    ImageInfo,
     ModelStore,
     ModelVersion,
     ResidentModels,
@@ -50,7 +53,6 @@ __all__ = [
     "list_models",
     "open_classifier",
     "open_models",
-    "parse_label",
     "register_metrics",
     "resolve_version",
     "using",
@@ -119,13 +121,14 @@ def _opener(config: GatewayConfig, store: ModelStore) -> Callable[[StoredVersion
     return open_version
 
 
-def check(clf: ImageClassifier, data: bytes, index: int | None = None) -> None:
+def check(clf: ImageClassifier, data: bytes, index: int | None = None) -> ImageInfo:
     """Header-only image validation under the classifier's limits; raises Rejected.
 
         check(clf, body)          # Rejected(422, "aspect_ratio_too_large", ...) for 1x10000
+        check(clf, body).format   # "JPEG", "PNG" or "WEBP" (what the bytes are, not the label)
     """
     try:
-        clf.check(data)
+        return clf.check(data)
     except ImageError as exc:
         if index is not None:
             exc = exc.at(index)
@@ -187,15 +190,15 @@ async def using(models: ResidentModels, version: StoredVersion | None) -> AsyncI
 async def classify(clf: ImageClassifier, images: list[bytes], top_k: int, deadline: float | None = None) -> Answer:
     """Run the classifier and encode the answer; raises Rejected on image/service errors."""
     try:
-        predictions = await clf.classify(images, top_k=top_k, deadline=deadline)
+        answers = await clf.classify(images, top_k=top_k, deadline=deadline)
     except ImageError as exc:
         raise Rejected(exc.status, exc.code, str(exc)) from None
     except ClassifierError as exc:
         raise Rejected(exc.status, exc.code, str(exc), exc.retry_after) from None
     version = clf.version
-    body = {
+    body = {  # each result leads with the animal answer, then the top-k classes
         "model": {"id": version.id, "version": version.hash_hex},
-        "results": [{"predictions": [p.to_json() for p in preds]} for preds in predictions],
+        "results": [answer.to_json() for answer in answers],
     }
     return Answer(json.dumps(body, separators=(",", ":")).encode(), version.content_hash)
 
@@ -220,26 +223,10 @@ async def list_models(models: ResidentModels) -> list[dict[str, Any]]:
         row.update(name=ModelVersion.of(manifest.architecture, bytes.fromhex(stored.id), "").id,
                    version="0x" + stored.id, default=stored.id == models.default_id,
                    resident=stored.id in resident)
+        # its ModelRegistry publication (gateway.provenance), None until published
+        row["registry"] = await asyncio.to_thread(models.store.publication, stored.id)
         rows.append(row)
     return rows
-
-
-def parse_label(text: str) -> int:
-    """An ImageNet-1k class index from ``"281"`` or a label name such as ``"tabby"``."""
-    from inference.labels import imagenet_labels
-
-    labels = imagenet_labels()
-    text = text.strip()
-    if text.isdigit():
-        index = int(text)
-        if 0 <= index < len(labels):
-            return index
-        raise Rejected(400, "bad_label", f"label {index} is not an ImageNet-1k class (0..{len(labels) - 1})")
-    lowered = text.lower()
-    for index, name in enumerate(labels):
-        if name.lower() == lowered:
-            return index
-    raise Rejected(400, "bad_label", f"label {text!r} is not an ImageNet-1k class name or index")
 
 
 def register_metrics(models: ResidentModels, metrics: GatewayMetrics) -> None:

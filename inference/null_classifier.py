@@ -3,6 +3,7 @@
     null = Classifier.null()                     # or NullClassifier(prediction=...)
     await null.start()
     [[pred]] = await null.classify([jpeg])       # Prediction("tiger cat", 282, 1.0, CAT)
+    (await null.classify([jpeg]))[0].animal      # cat 100%: the prediction's group
     null.version.id                              # "null-..." (a fixed 32-byte hash)
 
 It has the batcher's interface (``ImageClassifier``) and still refuses empty and oversized
@@ -16,11 +17,12 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Self
 
+from inference.animal import answer_from_sums
 from inference.errors import ClassifierClosed, EmptyImage, ImageTooLarge
 from inference.interface import BatcherStats, BatchEvent
 from inference.labels import AnimalGroup
 from inference.model import ModelVersion
-from inference.prediction import Prediction
+from inference.prediction import ImageAnswer, Prediction
 from inference.preprocess import DEFAULT_LIMITS, ImageInfo, ImageLimits, check_image
 
 if TYPE_CHECKING:
@@ -40,7 +42,9 @@ class NullClassifier:
         self.warmup_rates: dict[int, float] = {}
         self.max_wait_s = 0.0
         self.buckets: tuple[int, ...] = (1,)
-        self._prediction = prediction or Prediction("tiger cat", 282, 1.0, AnimalGroup.CAT)
+        prediction = prediction or Prediction("tiger cat", 282, 1.0, AnimalGroup.CAT)
+        self._answer = ImageAnswer(answer_from_sums({prediction.group: prediction.probability}),
+                                   (prediction,))
         self._version = ModelVersion.of("null", hashlib.sha256(b"paychan null model").digest(),
                                         "null")
         self._closing = False
@@ -94,7 +98,7 @@ class NullClassifier:
         await self.close()
 
     async def classify(self, images: Sequence[bytes], top_k: int = 5,
-                       deadline: float | None = None) -> list[list[Prediction]]:
+                       deadline: float | None = None) -> list[ImageAnswer]:
         self._refuse_if_closing()
         if not images:
             raise EmptyImage("no images in the request; send at least one")
@@ -107,14 +111,14 @@ class NullClassifier:
                                     f"{self.limits.max_bytes:,}; resize or recompress it",
                                     index=index)
         self._counts["images"] += len(images)
-        return [[self._prediction] for _ in images]
+        return [self._answer] * len(images)
 
     async def classify_tensors(self, batch: torch.Tensor | Sequence[torch.Tensor], top_k: int = 5,
-                               deadline: float | None = None) -> list[list[Prediction]]:
+                               deadline: float | None = None) -> list[ImageAnswer]:
         self._refuse_if_closing()
         n = len(batch)
         self._counts["images"] += n
-        return [[self._prediction] for _ in range(n)]
+        return [self._answer] * n
 
     def _refuse_if_closing(self) -> None:
         if self._closing:

@@ -315,7 +315,12 @@ class Preprocessor:
                 "damaged: re-export it and send the whole file"
             ) from None
 
-    def __call__(self, data: bytes) -> torch.Tensor:
-        tensor: torch.Tensor = self._transform(self.decode(data))
+    def transform(self, image: Image.Image) -> torch.Tensor:
+        """A decoded RGB picture (``decode``'s, or an augmented copy of it) to the model's
+        normalized tensor: the serving transform, which retraining shares."""
+        tensor: torch.Tensor = self._transform(image)
         return tensor
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.transform(self.decode(data))
 

@@ -32,6 +32,18 @@ if [ ! -x node_modules/.bin/anvil ] || [ ! -d node_modules/solc ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The console's browser test (tests/gateway/test_console.py) drives the system Chromium through
+# its chromedriver; nothing downloads a browser. Without apt it is skipped, saying why.
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  if command -v apt-get >/dev/null; then
+    step "installing chromium and chromium-driver (the console's browser test)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      || echo "warning: chromium could not be installed; the console's browser test will be skipped" >&2
+  else
+    echo "note: no apt-get here: install Chromium and chromedriver to run the console's browser test" >&2
+  fi
+fi
+
 redis_up() { .venv/bin/python - <<'PY'
 import socket, sys
 try:

@@ -23,6 +23,7 @@ __all__ = [
     "PAYMENT_REQUIRED",
     "PAYMENT_RESPONSE",
     "PAYMENT_SIGNATURE",
+    "SAMPLE_SIGNATURE",
     "encode_payment_required",
     "encode_payment_response",
     "encode_payment_signature",
@@ -36,6 +37,8 @@ PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
 PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
 PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
 IDEMPOTENCY_KEY = "Idempotency-Key"
+# paychan's own: a payer's signature on a labelled sample (channels.protocol.sample_auth).
+SAMPLE_SIGNATURE = "SAMPLE-SIGNATURE"
 
 
 def parse_payment_signature(header: str | bytes) -> PaymentPayload:

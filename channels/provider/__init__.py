@@ -13,6 +13,7 @@ JSON side. `open_provider` wires them from one config::
 """
 
 from .chain import ChainClient, OnChainChannel, config_tuple, settlement_abi
+from .chain_health import ChainHealth
 from .chain_sync import ChainSync
 from .eip1271 import is_valid_signature, verify_voucher_eip1271
 from .facilitator import DepositResult, Facilitator, VerifyResult
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_BATCH",
     "ChainClient",
     "ChainEvent",
+    "ChainHealth",
     "ChainSync",
     "DepositResult",
     "Facilitator",

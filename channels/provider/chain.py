@@ -36,6 +36,7 @@ from channels.protocol import (
     keccak256,
 )
 
+from .chain_health import ChainHealth
 from .transactions import TxSender
 from .tx_outcomes import TxFailed, TxPolicy, TxResult
 from .txjournal import JournalEntry, TxJournal
@@ -154,6 +155,15 @@ class ChainClient:
         self.policy = self._tx.policy
 
     # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def health(self) -> ChainHealth | None:
+        """Told of every RPC call that reached the node or did not (None: nobody asks)."""
+        return self._tx.health
+
+    @health.setter
+    def health(self, health: ChainHealth | None) -> None:
+        self._tx.health = health
 
     @property
     def rpc_failures(self) -> int:

@@ -75,6 +75,7 @@ class ChainSync:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
 
     async def _keep_lease(self, every: float) -> None:
@@ -109,6 +110,21 @@ class ChainSync:
         report = await self.settler.run_once()
         self.rounds += 1
         return report
+
+    async def _probe(self) -> None:
+        """Tell `chain.health` whether the node answers, every `poll_s`, where nothing else
+        does: in a process without the lease, and while the node is failing (the leader's
+        calls then sit in their backoff, so a node that is back would be seen late)."""
+        health = self.chain.health
+        assert health is not None
+        while True:
+            await asyncio.sleep(self.watcher.poll_s)
+            if self.leader and not health.failing:
+                continue  # the leader's watcher calls keep it told
+            with contextlib.suppress(Exception):  # a failure is recorded by the call itself
+                async with asyncio.timeout(max(2.0, self.watcher.poll_s)):
+                    await self.chain.rpc(lambda: self.chain.w3.eth.block_number,
+                                         what="eth_blockNumber", deadline_s=0)
 
     async def run(self) -> None:
         """Loop `step` until cancelled; RPC outages back off (up to 30 s) and never end the loop."""
@@ -151,13 +167,18 @@ class ChainSync:
             self._task = asyncio.get_running_loop().create_task(
                 self.run(), name="paychan-chain-sync"
             )
+        if self.chain.health is not None and (self._prober is None or self._prober.done()):
+            self.chain.health.start()  # from now on someone polls the node
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe(), name="paychan-chain-probe"
+            )
         return self._task
 
     async def stop(self) -> None:
-        for task in (self._task, self._keepalive):
+        for task in (self._task, self._keepalive, self._prober):
             if task is not None:
                 await _cancel(task)
-        self._task = self._keepalive = None
+        self._task = self._keepalive = self._prober = None
         await self.lease.release()
         close = getattr(self.lease, "close", None)
         if close is not None:

@@ -201,9 +201,16 @@ class Settler:
                 break
             except SimulationFailed as exc:
                 if attempt:
+                    if len(batch) > 1:
+                        # One bad row reverts the whole batch: halve it until the bad rows
+                        # stand alone, so every good channel is still claimed this round.
+                        half = len(batch) // 2
+                        await self._claim_batch(batch[:half], report)
+                        await self._claim_batch(batch[half:], report)
+                        return
                     log.error(
-                        "claim of %d channel(s) still fails after a resync (%s); skipping them",
-                        len(batch),
+                        "claim of channel 0x%s still fails after a resync (%s); skipping it",
+                        batch[0].channel_id.hex(),
                         exc.reason,
                     )
                     report.skipped.extend(t.channel_id for t in batch)

@@ -35,6 +35,7 @@ from web3.types import TxParams, Wei
 
 from channels.protocol import checksum_address
 
+from .chain_health import ChainHealth
 from .tx_outcomes import (
     SimulationFailed,
     TxFailed,
@@ -94,6 +95,7 @@ class TxSender:
         self._chain_id: int | None = None
         self._send_lock = asyncio.Lock()  # one signer: sign + journal + broadcast in order
         self.rpc_failures = 0  # transport failures retried so far (outages show here)
+        self.health: ChainHealth | None = None  # told of every call that reached the node or not
 
     async def rpc(
         self, call: Callable[[], Awaitable[T]], *, what: str, deadline_s: float | None = None
@@ -106,8 +108,10 @@ class TxSender:
         delay = self.policy.backoff_s
         while True:
             try:
-                return await call()
+                got = await call()
             except Exception as exc:
+                if self.health is not None and is_transport_error(exc):
+                    self.health.failed()
                 if not is_transport_error(exc) or time.monotonic() + delay > deadline:
                     raise
                 self.rpc_failures += 1
@@ -120,6 +124,10 @@ class TxSender:
                 )
                 await asyncio.sleep(delay * (0.75 + random.random() / 2))
                 delay = min(delay * 2, self.policy.backoff_max_s)
+                continue
+            if self.health is not None:
+                self.health.seen()
+            return got
 
     async def chain_id(self) -> int:
         if self._chain_id is None:

@@ -58,6 +58,7 @@ class ChainEvent:
     block_number: int
     tx_hash: str
     args: dict[str, Any]
+    log_index: int = -1  # with tx_hash, names the log once (a replay after a rewind repeats it)
 
 
 Listener = Callable[[ChainEvent], None]
@@ -198,7 +199,7 @@ class Watcher:
                 self._configs[cid] = cfg  # type: ignore[index]
             return 0
         if name in ("Settled", "ChannelClosed"):
-            self._notify(ChainEvent(name, cid, None, block, tx_hash, args))
+            self._notify(ChainEvent(name, cid, None, block, tx_hash, args, int(entry["logIndex"])))
             return 0
         assert cid is not None
         config = self._configs.pop(cid, None)
@@ -219,7 +220,7 @@ class Watcher:
         if fact is None:
             return 0
         await self.store.apply_fact(cid, fact, config=config)
-        self._notify(ChainEvent(name, cid, fact, block, tx_hash, args))
+        self._notify(ChainEvent(name, cid, fact, block, tx_hash, args, int(entry["logIndex"])))
         return 1
 
     def _notify(self, event: ChainEvent) -> None:

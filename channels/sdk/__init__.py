@@ -4,7 +4,8 @@ Modules, one job each: `payer` (the signed channel state; its money rules are
 `channels.protocol.payer_rules`), `payer_file` (its SQLite file), `signing` (vouchers and
 deposit authorizations), `client` (the async `PaymentClient`) on `transport` (HTTP, resends)
 and `channel_ops` (status, refund, sync, withdrawal), `onchain` (the payer's chain calls),
-`sync` (`SyncPaymentClient`), `answers` (reading HTTP answers), `inputs` (checking
+`samples` (`add_sample`: labelled images for retraining, signed by the payer), `sync`
+(`SyncPaymentClient`), `answers` (reading HTTP answers), `inputs` (checking
 arguments), `models` (value types), `errors`.
 
     >>> async with PaymentClient.from_key(key, "payer.sqlite", base_url=url) as client:
@@ -25,6 +26,7 @@ from .errors import (
 )
 from .inputs import load_image
 from .models import (
+    AnimalAnswer,
     ChannelRecord,
     Classification,
     PaidResponse,
@@ -35,9 +37,11 @@ from .models import (
 )
 from .onchain import read_onchain
 from .payer import Payer
+from .samples import SampleResult
 from .sync import SyncPaymentClient
 
 __all__ = [
+    "AnimalAnswer",
     "ChainError",
     "ChannelHalted",
     "ChannelRecord",
@@ -54,6 +58,7 @@ __all__ = [
     "ReceiptInvalid",
     "RecoveryRefused",
     "RequestFailed",
+    "SampleResult",
     "SyncPaymentClient",
     "SyncResult",
     "WithdrawStatus",

@@ -25,7 +25,7 @@ from ..protocol import (
     parse_payment_required,
 )
 from .errors import PaymentRefused, ReceiptInvalid, RequestFailed
-from .models import Classification, PaidResponse, Prediction
+from .models import AnimalAnswer, Classification, PaidResponse, Prediction
 
 __all__ = [
     "MISMATCH",
@@ -210,8 +210,9 @@ def classification_of(answer: PaidResponse, name: str | None) -> Classification:
     """The typed result of a paid, settled classify answer; ReceiptInvalid when the body is
     not a classification or names another model than the receipt signs.
 
-        >>> classification_of(answer, "cat.jpg").top.label
-        'tiger cat'
+        >>> result = classification_of(answer, "cat.jpg")
+        >>> result.animal.group, result.top.label
+        ('cat', 'tiger cat')
     """
     settlement, payment = answer.settlement, answer.payment
     assert settlement is not None and settlement.extra is not None and payment is not None
@@ -221,9 +222,12 @@ def classification_of(answer: PaidResponse, name: str | None) -> Classification:
     try:
         data = answer.json()
         model = data["model"]
+        result = data["results"][0]
+        animal = AnimalAnswer(str(result["animal"]["group"]), float(result["animal"]["probability"]),
+                              str(result["animal"]["status"]))
         preds = tuple(
             Prediction(str(p["label"]), int(p["index"]), float(p["probability"]), str(p["group"]))
-            for p in data["results"][0]["predictions"]
+            for p in result["predictions"]
         )
         version = str(model["version"])
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -234,6 +238,7 @@ def classification_of(answer: PaidResponse, name: str | None) -> Classification:
     cs = settlement.extra.channel_state
     assert cs is not None and settlement.extra.charged_amount is not None
     return Classification(
+        animal=animal,
         predictions=preds,
         model_id=str(model.get("id", "")),
         model_version=version if version.startswith("0x") else "0x" + version,

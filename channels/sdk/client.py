@@ -13,7 +13,9 @@ x the price, default 10; at least the server's minDeposit), pays every later ima
 voucher, tops the channel up with a new deposit payload when its balance no longer covers
 the next image, adopts a corrective 402 after checking the payer's own signature in it,
 retries `channel_busy` with a fresh voucher, and verifies the signed receipt (signature,
-charge, request and answer digests, model version) of every answer. Several classifications
+charge, request and answer digests, model version) of every answer; with `rpc_url`, also that
+the answer's model is published in the ModelRegistry the receipt key owns
+(`channels.sdk.provenance`). Several classifications
 may run at once on one channel; a deposit in flight holds the others back until it lands, so
 no voucher ever counts on money that is not on-chain yet.
 
@@ -67,6 +69,7 @@ from .answers import (
     busy_backoff,
     classification_of,
     error_code,
+    gateway_base,
     header,
     new_idempotency_key,
     payment_required,
@@ -75,10 +78,11 @@ from .answers import (
     without_header,
 )
 from .channel_ops import ChannelOps
-from .errors import ChannelHalted, InputError, ReceiptInvalid
+from .errors import ChannelHalted, ClientError, InputError, ReceiptInvalid
 from .inputs import DEFAULT_STATE, check_top_k, load_image, state_path
 from .models import Classification, PaidResponse, Payment
 from .payer import Payer
+from .samples import SampleOps
 from .transport import DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF_S
 
 __all__ = ["PaymentClient"]
@@ -86,7 +90,7 @@ __all__ = ["PaymentClient"]
 _BUSY_RETRIES = 8  # channel_busy / overloaded answers retried by classify before giving up
 
 
-class PaymentClient(ChannelOps):
+class PaymentClient(SampleOps, ChannelOps):
     """Pays for HTTP requests over x402 batch-settlement with a `Payer` (aiohttp).
 
         >>> async with PaymentClient(payer, base_url="http://127.0.0.1:8402") as client:
@@ -110,6 +114,10 @@ class PaymentClient(ChannelOps):
             and charge the request again, so there the loss raises GatewayUnreachable.
         retry_backoff_s: the first resend's wait when the answer names no Retry-After;
             doubled per resend, jittered, capped at 5 s.
+        registry: the ModelRegistry whose owner must be the receipt key and where every
+            answer's model must be published (default: the one the gateway advertises in
+            /v1/models); read through `rpc_url`, unchecked (one warning) without it. See
+            `channels.sdk.provenance`.
 
     The first request to a URL learns the terms from a 402; later ones pay at once. A
     corrective 402 is adopted (after `Payer.adopt` checks the payer's own signature) and
@@ -131,6 +139,7 @@ class PaymentClient(ChannelOps):
         timeout_s: float = 120.0,
         retries: int = DEFAULT_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        registry: str | None = None,
     ) -> PaymentClient:
         """A client with its own `Payer` for `key` (hex), its channels kept in `state`.
 
@@ -151,7 +160,7 @@ class PaymentClient(ChannelOps):
             raise InputError(str(exc)) from None
         try:
             client = cls(payer, base_url=base_url, rpc_url=rpc_url, timeout_s=timeout_s,
-                         retries=retries, retry_backoff_s=retry_backoff_s)
+                         retries=retries, retry_backoff_s=retry_backoff_s, registry=registry)
         except InputError:
             payer.close()
             raise
@@ -172,6 +181,7 @@ class PaymentClient(ChannelOps):
         if self._own_payer:
             self.payer.close()
             self._own_payer = False
+        await self.model_check.close()
 
     async def classify(
         self,
@@ -201,7 +211,36 @@ class PaymentClient(ChannelOps):
             offer_key=endpoint, busy_retries=_BUSY_RETRIES, require_receipt=True,
         )
         raise_for_answer(answer)
-        return classification_of(answer, name)
+        result = classification_of(answer, name)
+        await self._check_model(answer, endpoint)
+        return result
+
+    async def _check_model(self, answer: PaidResponse, endpoint: str) -> None:
+        """ReceiptInvalid unless the receipt's model is published in the ModelRegistry that
+        the receipt's signer owns (channels.sdk.provenance; skipped, warned, without rpc_url)."""
+        check = self.model_check
+        payment, settlement = answer.payment, answer.settlement
+        assert payment is not None and settlement is not None and settlement.extra is not None
+        receipt = settlement.extra.receipt
+        assert receipt is not None
+        advertised = None
+        if check.active and check.registry is None:
+            base = gateway_base(endpoint) or self.base_url or endpoint
+            if base not in self._advertised:  # asked once per gateway; only the chain is trusted
+                try:
+                    listing = await self._get_json(base + "/v1/models")
+                except ClientError:
+                    listing = {}
+                named = listing.get("registry")
+                self._advertised[base] = (str(named["address"]) if isinstance(named, dict)
+                                          and named.get("address") else None)
+            advertised = self._advertised[base]
+        signer = "0x" + payment.requirements.extra.receiver_authorizer.hex()
+        try:
+            await check.verify(signer, receipt.receipt.model_version, payment.channel_id, advertised)
+        except ReceiptInvalid as exc:
+            self.payer.halt(payment.channel_id, exc.reason)
+            raise
 
     async def models(self, url: str | None = None) -> list[dict[str, Any]]:
         """The gateway's model versions (GET /v1/models): id, architecture, version, default."""

@@ -2,7 +2,8 @@
 
     >>> rec = payer.channel(cid)                       # ChannelRecord: what the payer proved
     >>> payment = payer.pay(offer)                     # Payment: one signed payment in flight
-    >>> result = await client.classify("cat.jpg")      # Classification, with its Predictions
+    >>> result = await client.classify("cat.jpg")      # Classification: animal, then Predictions
+    >>> result.animal.group, result.animal.status      # ("cat", "animal"): summed over cat classes
     >>> answer = await client.post(url, data=body)     # PaidResponse: any x402 answer
     >>> status = await client.withdraw()               # WithdrawStatus
     >>> rebuilt = await client.sync()                  # SyncResult
@@ -26,6 +27,7 @@ from ..protocol import (
 )
 
 __all__ = [
+    "AnimalAnswer",
     "ChannelRecord",
     "Classification",
     "PaidResponse",
@@ -93,7 +95,7 @@ class Prediction:
     label: str
     index: int
     probability: float
-    group: str  # dog, cat, other mammal, bird, ..., or "not an animal"
+    group: str  # the class's animal group: dog, cat, other_mammal, ..., not_animal
 
     @property
     def score(self) -> float:
@@ -105,9 +107,33 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
-class Classification:
-    """A paid, verified classification of one image (amounts in token base units)."""
+class AnimalAnswer:
+    """What animal the image shows: ``AnimalAnswer("cat", 0.92, "animal")``.
 
+    ``probability`` sums every class of ``group``; ``status`` is ``animal``, ``unsure``
+    (``group`` is only the best guess) or ``not_animal`` (``group`` is ``not_animal``).
+    The gateway's thresholds are in docs/protocol.md.
+    """
+
+    group: str  # dog, cat, other_mammal, bird, fish, reptile, amphibian, invertebrate, not_animal
+    probability: float
+    status: str
+
+    @property
+    def is_animal(self) -> bool:
+        """True when the gateway is sure the image shows an animal (of ``group``)."""
+        return self.status == "animal"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "probability": self.probability, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """A paid, verified classification of one image (amounts in token base units):
+    ``animal`` first (the answer to "what animal is this?"), then the top-k ``predictions``."""
+
+    animal: AnimalAnswer
     predictions: tuple[Prediction, ...]
     model_id: str
     model_version: str  # 0x + the 32-byte content hash of the weights that answered
@@ -134,6 +160,7 @@ class Classification:
     def to_json(self) -> dict[str, Any]:
         return {
             "image": self.image,
+            "animal": self.animal.to_json(),
             "predictions": [p.to_json() for p in self.predictions],
             "model": {"id": self.model_id, "version": self.model_version},
             "charged": str(self.charged),

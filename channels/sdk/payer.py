@@ -504,6 +504,11 @@ class Payer:
     def _new_record(self, cid: bytes, chain_id: int, config: ChannelConfig) -> ChannelRecord:
         return self._file.insert(cid, chain_id, self.settlement, config)
 
+    def halt(self, cid: bytes, reason: str) -> None:
+        """Sign nothing more on channel ``cid``: a check made outside the payer failed (the
+        answer's model is not published by the receipt key: ``channels.sdk.provenance``)."""
+        self._halt(self.channel(cid), reason)
+
     def _halt(self, rec: ChannelRecord | None, reason: str) -> None:
         if rec is not None:
             self._file.update(rec.channel_id, halted=reason)

@@ -20,6 +20,7 @@ from .errors import ClientError, PaymentRefused, RequestFailed
 from .inputs import DEFAULT_STATE, load_image
 from .models import ChannelRecord, Classification, PaidResponse, SyncResult, WithdrawStatus
 from .payer import Payer
+from .samples import SampleResult
 
 __all__ = ["SyncPaymentClient"]
 
@@ -82,6 +83,10 @@ class SyncPaymentClient:
             return list(await asyncio.gather(*(one(i) for i in images)))
 
         return self._run(run())
+
+    def add_sample(self, image: str | os.PathLike[str] | bytes, **kwargs: Any) -> SampleResult:
+        """A labelled image for retraining (`PaymentClient.add_sample`)."""
+        return self._run(self.client.add_sample(image, **kwargs))
 
     def models(self, url: str | None = None) -> list[dict[str, Any]]:
         return self._run(self.client.models(url))

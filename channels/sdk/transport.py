@@ -27,6 +27,7 @@ from .answers import (
     retry_after,
 )
 from .errors import GatewayUnreachable, InputError, PaymentRefused, RequestFailed
+from .provenance import ModelCheck
 
 if TYPE_CHECKING:
     import aiohttp
@@ -53,6 +54,7 @@ class HttpCore:
         timeout_s: float = 120.0,
         retries: int = DEFAULT_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        registry: str | None = None,
     ) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InputError(f"retries must be a whole number >= 0, got {retries!r}")
@@ -74,6 +76,9 @@ class HttpCore:
         self._offer_locks: dict[str, asyncio.Lock] = {}
         self._deposit_locks: dict[bytes, asyncio.Lock] = {}
         self._own_payer = False
+        # each receipt's model must be published by its signer (channels.sdk.provenance)
+        self.model_check = ModelCheck(rpc_url, registry)
+        self._advertised: dict[str, str | None] = {}  # gateway -> the registry it names
 
     async def _send_paid(
         self, method: str, url: str, data: bytes | None, headers: Mapping[str, str],

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,47 @@ keys are read from --key-file FILE (a file holding a hex private key) or the PAY
 environment variable, never from the command line."""
 
 
-class CliError(Exception):
-    """A failure to report in one line, with the exit code to return."""
+#: The ``error.code`` of a ``--json`` error for each exit code.
+ERROR_CODES = {EXIT_FAILED: "failed", EXIT_USAGE: "usage", EXIT_PAYMENT: "payment_refused",
+               EXIT_UNREACHABLE: "unreachable", 130: "interrupted"}
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit code to return (``code``: the JSON
+    error's code; default from the exit code)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED, code: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.code = code or ERROR_CODES.get(exit_code, "failed")
+
+
+def report_error(command: str, message: str, exit_code: int, code: str, *, as_json: bool) -> int:
+    """Say why ``paychan COMMAND`` failed, in one line; returns ``exit_code``.
+
+    Text goes to stderr as ``paychan COMMAND: MESSAGE``; under ``--json`` one JSON object goes
+    to stdout instead, so a script reads every outcome from the same stream::
+
+        {"error": {"code": "usage", "message": "--price: ..."}, "exit_code": 2}
+    """
+    if as_json:
+        json.dump({"error": {"code": code, "message": message}, "exit_code": exit_code}, sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    else:
+        prefix = f"paychan {command}: " if command else "paychan: "
+        print(prefix + " ".join(message.split()), file=sys.stderr)
+    return exit_code
+
+
+def show_amount(units: int | str, token: Mapping[str, Any] | None) -> str:
+    """Base units as people read them, ``0.001 USDC (1000 base units)``; base units alone
+    when the token (``{"symbol", "decimals"}``, e.g. from the gateway's /v1/pricing) is unknown."""
+    from gateway.tokens import format_amount
+
+    if token is None:
+        return format_amount(int(units))
+    return format_amount(int(units), int(token["decimals"]), str(token["symbol"]))
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,12 +41,14 @@ from gateway.cli._common import (
     add_key_flag,
     emit,
     load_key,
+    show_amount,
 )
 
 if TYPE_CHECKING:  # the SDK loads aiohttp and web3: only inside the handlers at run time
     from channels.sdk import ChannelRecord, PaymentClient, WithdrawStatus
 
-__all__ = ["add_gateway_flag", "add_state_flag", "open_client", "register", "run_sdk"]
+__all__ = ["add_gateway_flag", "add_rpc_flag", "add_state_flag", "gateway_token", "http_url",
+           "open_client", "register", "run_sdk"]
 
 T = TypeVar("T")
 
@@ -58,9 +61,57 @@ def add_state_flag(parser: argparse.ArgumentParser) -> None:
                         help="the payer state file (default ~/.paychan/payer.sqlite)")
 
 
+GATEWAY_ENV = "PAYCHAN_GATEWAY"  # the gateway's URL when --gateway is not given (as in the SDK's examples)
+
+
+def http_url(flag: str) -> Callable[[str], str]:
+    """An argparse ``type`` for a URL flag: refuses one without http:// or https:// in words
+    that say what to write, instead of a stack trace from the HTTP client later."""
+
+    def check(text: str) -> str:
+        url = text.strip()
+        if not url.startswith(("http://", "https://")):
+            what = "is not an HTTP URL" if "://" in url else "has no scheme"
+            raise argparse.ArgumentTypeError(
+                f"{url!r} {what}; write it as http://{url.split('://')[-1]} (or https://)")
+        return url.rstrip("/")
+
+    check.__name__ = flag  # argparse names the flag in its message ("invalid --gateway value")
+    return check
+
+
 def add_gateway_flag(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--gateway", "--url", dest="gateway", required=required, metavar="URL",
-                        help="the gateway's base URL, e.g. http://127.0.0.1:8402")
+    """``--gateway URL``, defaulting to ``$PAYCHAN_GATEWAY`` (then not required)."""
+    default = os.environ.get(GATEWAY_ENV, "").strip() or None
+    parser.add_argument("--gateway", "--url", dest="gateway", type=http_url("gateway URL"),
+                        required=required and default is None, default=default, metavar="URL",
+                        help=f"the gateway's base URL, e.g. http://127.0.0.1:8402 (default: "
+                        f"${GATEWAY_ENV})")
+
+
+def add_rpc_flag(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    parser.add_argument("--rpc", metavar="URL", type=http_url("RPC URL"), required=required, help=help)
+
+
+async def gateway_token(gateway: str | None) -> dict[str, Any] | None:
+    """The token a gateway is paid in, for showing amounts (``{"address", "symbol",
+    "decimals"}`` from its GET /v1/pricing); None when there is no gateway, it does not say,
+    or it cannot be asked (the amounts are then shown in base units alone)."""
+    if not gateway:
+        return None
+    import aiohttp
+
+    try:
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s,
+                    s.get(f"{gateway.rstrip('/')}/v1/pricing") as r):
+            body = await r.json() if r.status == 200 else {}
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return None
+    token = body.get("token") if isinstance(body, dict) else None
+    if (isinstance(token, dict) and isinstance(token.get("symbol"), str)
+            and isinstance(token.get("decimals"), int)):
+        return token
+    return None
 
 
 def state_path(args: argparse.Namespace) -> Path:
@@ -147,7 +198,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           "http://127.0.0.1:8402 --rpc http://127.0.0.1:8545")
     show.add_argument("channel_id", nargs="?", metavar="CHANNEL_ID", help="0x + 64 hex digits")
     add_gateway_flag(show, required=False)
-    show.add_argument("--rpc", metavar="URL", help="JSON-RPC URL: also show the on-chain state")
+    add_rpc_flag(show, "JSON-RPC URL: also show the on-chain state")
     add_state_flag(show)
     add_json_flag(show)
     show.set_defaults(handler=_show)
@@ -176,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     wd.add_argument("step", choices=("initiate", "finalize"), help="which transaction to send")
     wd.add_argument("channel_id", nargs="?", metavar="CHANNEL_ID",
                     help="0x + 64 hex digits (default: the only channel)")
-    wd.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC URL of the chain")
+    add_rpc_flag(wd, "JSON-RPC URL of the chain", required=True)
     add_gateway_flag(wd, required=False)
     wd.add_argument("--amount", type=_amount,
                     help="initiate: base units (default: the balance not charged)")
@@ -196,8 +247,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           "example:\n  paychan channel sync --gateway http://127.0.0.1:8402 "
                           "--rpc http://127.0.0.1:8545 --key-file payer.key")
     add_gateway_flag(sync, required=True)
-    sync.add_argument("--rpc", metavar="URL",
-                      help="JSON-RPC URL of the chain: check against on-chain totalClaimed")
+    add_rpc_flag(sync, "JSON-RPC URL of the chain: check against on-chain totalClaimed")
     add_key_flag(sync)
     add_state_flag(sync)
     add_json_flag(sync)
@@ -242,39 +292,44 @@ async def _gateway_view(gateway: str, channel_hex: str) -> dict[str, Any] | None
 
     url = f"{gateway.rstrip('/')}/v1/channels/{channel_hex}"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-            async with s.get(url) as r:
-                view: dict[str, Any] | None = await r.json() if r.status == 200 else None
-                return view
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s,
+                    s.get(url) as r):
+            view: dict[str, Any] | None = await r.json() if r.status == 200 else None
+            return view
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise GatewayUnreachable(url, exc) from exc
 
 
 def _list(args: argparse.Namespace) -> int:
     rows = [_record_json(r) for r in _records(args)]
+    token = None
     if args.gateway:
-        async def views() -> list[dict[str, Any] | None]:
-            return [await _gateway_view(args.gateway, row["channelId"]) for row in rows]
+        async def views() -> tuple[list[dict[str, Any] | None], dict[str, Any] | None]:
+            return ([await _gateway_view(args.gateway, row["channelId"]) for row in rows],
+                    await gateway_token(args.gateway))
 
-        for row, view in zip(rows, run_sdk(views)):
+        found, token = run_sdk(views)
+        for row, view in zip(rows, found):
             row["gateway"] = view
-    emit(args, {"state": str(state_path(args)), "channels": rows}, _human_list)
+    emit(args, {"state": str(state_path(args)), "token": token, "channels": rows}, _human_list)
     return 0
 
 
 def _human_list(data: dict[str, Any]) -> str:
     if not data["channels"]:
         return f"no channels in {data['state']}"
-    lines = [f"{'channel':<20} {'balance':>12} {'charged':>12} {'remaining':>12}  status"]
+    token = data["token"]
+    lines = []
     for row in data["channels"]:
         cid = row["channelId"]
         status = "halted: " + row["halted"] if row["halted"] else "open"
         view = row.get("gateway")
         if "gateway" in row:
-            status += (f", gateway charged {view['chargedCumulativeAmount']}" if view
-                       else ", unknown to the gateway")
-        lines.append(f"{cid[:10]}…{cid[-8:]} {row['balance']:>12} {row['charged']:>12} "
-                     f"{row['remaining']:>12}  {status}")
+            status += (f", gateway charged {show_amount(view['chargedCumulativeAmount'], token)}"
+                       if view else ", unknown to the gateway")
+        lines.append(f"{cid[:10]}…{cid[-8:]}  balance {show_amount(row['balance'], token)}, "
+                     f"charged {show_amount(row['charged'], token)}, remaining "
+                     f"{show_amount(row['remaining'], token)}; {status}")
     return "\n".join(lines)
 
 
@@ -304,6 +359,7 @@ def _show(args: argparse.Namespace) -> int:
     data = _record_json(rec)
 
     async def views() -> None:
+        data["token"] = await gateway_token(args.gateway)
         if args.gateway:
             data["gateway"] = await _gateway_view(args.gateway, data["channelId"])
         if args.rpc:
@@ -321,18 +377,27 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+_AMOUNT_KEYS = ("balance", "charged", "remaining", "signedMax")
+
+
 def _human_show(data: dict[str, Any]) -> str:
-    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("gateway", "chain")]
+    token = data.get("token")
+
+    def amt(value: str) -> str:
+        return show_amount(value, token)
+
+    lines = [f"{k}: {amt(v) if k in _AMOUNT_KEYS else v}" for k, v in data.items()
+             if k not in ("gateway", "chain", "token")]
     if "gateway" in data:
         view = data["gateway"]
         lines.append("gateway: " + ("unknown channel" if view is None else
-                                    f"charged {view['chargedCumulativeAmount']}, balance "
-                                    f"{view['balance']}, claimed {view['totalClaimed']}"))
+                                    f"charged {amt(view['chargedCumulativeAmount'])}, balance "
+                                    f"{amt(view['balance'])}, claimed {amt(view['totalClaimed'])}"))
     if "chain" in data:
         c = data["chain"]
-        pending = (f", withdrawal of {c['withdrawAmount']} pending since {c['withdrawRequestedAt']}"
-                   if c["withdrawRequestedAt"] else "")
-        lines.append(f"chain: balance {c['balance']}, claimed {c['totalClaimed']}{pending}")
+        pending = (f", withdrawal of {amt(c['withdrawAmount'])} pending since "
+                   f"{c['withdrawRequestedAt']}" if c["withdrawRequestedAt"] else "")
+        lines.append(f"chain: balance {amt(c['balance'])}, claimed {amt(c['totalClaimed'])}{pending}")
     return "\n".join(lines)
 
 
@@ -343,12 +408,13 @@ def _refund(args: argparse.Namespace) -> int:
             rec = await client.channel()
         return {"channelId": "0x" + rec.channel_id.hex(), "refunded": str(settlement.amount or 0),
                 "transaction": settlement.transaction, "balance": str(rec.balance),
-                "charged": str(rec.charged)}
+                "charged": str(rec.charged), "token": await gateway_token(args.gateway)}
 
     data = run_sdk(work)
-    emit(args, data, lambda d: (f"refunded {d['refunded']} from {d['channelId']} "
-                                f"(tx {d['transaction']}); balance now {d['balance']}, "
-                                f"charged {d['charged']}"))
+    emit(args, data, lambda d: (f"refunded {show_amount(d['refunded'], d['token'])} from "
+                                f"{d['channelId']} (tx {d['transaction']}); balance now "
+                                f"{show_amount(d['balance'], d['token'])}, charged "
+                                f"{show_amount(d['charged'], d['token'])}"))
     return 0
 
 
@@ -358,34 +424,77 @@ def _withdraw(args: argparse.Namespace) -> int:
                        EXIT_USAGE)
     cid = _pick(args).channel_id if args.channel_id or not args.gateway else None
 
-    async def work() -> WithdrawStatus:
+    async def work() -> tuple[WithdrawStatus, dict[str, Any] | None]:
+        from channels.sdk import ChainError
+
+        token = await gateway_token(args.gateway)
         async with open_client(args) as client:
             if args.step == "initiate":
-                return await client.withdraw(args.amount, channel_id=cid)
-            return await client.finalize_withdraw(channel_id=cid)
+                return await client.withdraw(args.amount, channel_id=cid), token
+            try:
+                return await client.finalize_withdraw(channel_id=cid), token
+            except ChainError as exc:
+                if "WithdrawDelayNotElapsed" not in exc.reason:
+                    raise
+                raise CliError(await _too_early(client, cid), EXIT_FAILED, "withdraw_delay") from None
 
-    status = run_sdk(work)
-    emit(args, status.to_json(), _human_withdraw)
+    status, token = run_sdk(work)
+    emit(args, {**status.to_json(), "token": token}, _human_withdraw)
     return 0
+
+
+async def _too_early(client: PaymentClient, cid: bytes | None) -> str:
+    """How long until a pending withdrawal may be finalized, by the chain's clock."""
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+
+    rec = await client.channel(cid)
+    onchain = await client.onchain(rec.channel_id)
+    ready_at = onchain.withdraw_requested_at + rec.config.withdraw_delay
+    w3 = AsyncWeb3(AsyncHTTPProvider(client.rpc_url, request_kwargs={"timeout": 30}))
+    try:
+        now = int((await w3.eth.get_block("latest"))["timestamp"])
+    finally:
+        await w3.provider.disconnect()
+    return (f"withdrawal can be finalized in {_duration(ready_at - now)} (at {_utc(ready_at)}, "
+            f"by the chain's clock); run paychan channel withdraw finalize again then")
+
+
+def _duration(seconds: int) -> str:
+    """``14m 32s``, ``2h 05m``, ``3d 4h``: how long, to the precision that matters."""
+    seconds = max(seconds, 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _utc(unix: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _human_withdraw(d: dict[str, Any]) -> str:
     if d["finalized"]:
-        return (f"withdrew {d['amount']} from {d['channelId']} (tx {d['transaction']}); "
-                f"on-chain balance now {d['balance']}")
-    import datetime
-
-    ready = datetime.datetime.fromtimestamp(d["readyAt"], datetime.UTC)
-    ready_text = ready.isoformat(timespec="seconds")
-    return (f"withdrawal of {d['amount']} started on {d['channelId']} (tx {d['transaction']}); "
-            f"finalize after {ready_text} with: paychan channel withdraw finalize")
+        return (f"withdrew {show_amount(d['amount'], d['token'])} from {d['channelId']} "
+                f"(tx {d['transaction']}); on-chain balance now {show_amount(d['balance'], d['token'])}")
+    return (f"withdrawal of {show_amount(d['amount'], d['token'])} started on {d['channelId']} "
+            f"(tx {d['transaction']}); finalize after {_utc(d['readyAt'])} with: paychan channel "
+            "withdraw finalize")
 
 
 def _sync(args: argparse.Namespace) -> int:
     async def work() -> dict[str, Any]:
         async with open_client(args) as client:
             result = await client.sync()
-        return {"state": str(state_path(args)), **result.to_json()}
+        return {"state": str(state_path(args)), **result.to_json(),
+                "token": await gateway_token(args.gateway)}
 
     emit(args, run_sdk(work), _human_sync)
     return 0
@@ -397,12 +506,16 @@ def _human_sync(d: dict[str, Any]) -> str:
                               "checked against the chain",
              "chain": "the chain's totalClaimed (the gateway holds no proof)"}[d["source"]]
     before = d["before"]
+
+    def amt(value: str) -> str:
+        return show_amount(value, d["token"])
+
     was = ("the file had no record of it" if before is None else
-           f"was balance {before['balance']}, charged {before['charged']}")
+           f"was balance {amt(before['balance'])}, charged {amt(before['charged'])}")
     lines = [f"synced {d['channelId']} into {d['state']} from {proof}",
-             f"  balance {d['balance']}, charged {d['charged']}, remaining {d['remaining']}, "
-             f"signed max {d['signedMax']} ({was})"]
+             (f"  balance {amt(d['balance'])}, charged {amt(d['charged'])}, remaining "
+              f"{amt(d['remaining'])}, signed max {amt(d['signedMax'])} ({was})")]
     if d["chain"] is not None:
         c = d["chain"]
-        lines.append(f"  chain: balance {c['balance']}, claimed {c['totalClaimed']}")
+        lines.append(f"  chain: balance {amt(c['balance'])}, claimed {amt(c['totalClaimed'])}")
     return "\n".join(lines)

@@ -4,8 +4,8 @@
     $ paychan classify cat.jpg --gateway http://127.0.0.1:8402
     $ paychan classify photos/ --gateway http://127.0.0.1:8402 --top-k 3 --deposit 50000 --json
 
-IMAGE may be files or folders (their JPEG, PNG, WebP, GIF and BMP files). Every image is
-checked before the first payment, so a bad path costs nothing. The first image opens a
+IMAGE may be files or folders (their JPEG, PNG and WebP files: what the gateway accepts).
+Every image is checked before the first payment, so a bad path costs nothing. The first image opens a
 channel with one deposit (``--deposit`` base units; default 10 x the price, at least the
 gateway's minimum); later images pay with vouchers, and the channel is topped up when its
 balance runs out. Each answer's signed receipt is verified. The payer's channels live in
@@ -18,8 +18,13 @@ paid from another file, and the gateway claimed since) adopts the gateway's char
 from its corrective 402 once the payer's own voucher in it checks out (``--rpc``: and the
 chain agrees), so no withdrawal is needed; see also ``paychan channel sync``.
 
-Prints each image's best label, its probability and animal group, and what it cost (token
-base units: 1000 = 0.001 USDC), then the total and what the channel still holds.
+Prints one line per image: the animal answer (every class's probability summed per animal
+group: "cat 92%", "not an animal 99%" or "unsure (dog? 7%)"; thresholds in
+docs/protocol.md), the top-k labels, and what it cost (in the token's units with base units
+beside, when the gateway names its token), then the total and what the channel still holds.
+Exit code 2 when any image was refused (nothing is charged for it)::
+
+    cat.jpg: cat 92% (tiger cat 39%, Egyptian cat 36%, tabby 17%)  cost 0.001 USDC (1000 base units)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli._animal import animal_line
 from gateway.cli._common import (
     EXIT_USAGE,
     PROGRESS_FROM,
@@ -36,9 +42,17 @@ from gateway.cli._common import (
     add_json_flag,
     add_key_flag,
     emit,
+    show_amount,
     with_progress,
 )
-from gateway.cli.channel import add_gateway_flag, add_state_flag, open_client, run_sdk
+from gateway.cli.channel import (
+    add_gateway_flag,
+    add_rpc_flag,
+    add_state_flag,
+    gateway_token,
+    open_client,
+    run_sdk,
+)
 
 if TYPE_CHECKING:  # the SDK loads aiohttp and web3: only inside the handler at run time
     from channels.sdk import PaymentClient
@@ -60,9 +74,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="deposit size in token base units (default: 10 x the price)")
     p.add_argument("--concurrency", type=int, default=4,
                    help="images in flight at once on the channel (default 4)")
-    p.add_argument("--rpc", metavar="URL",
-                   help="JSON-RPC URL of the chain: a state adopted from the gateway (a new or "
-                        "stale --state file) is also checked against on-chain totalClaimed")
+    add_rpc_flag(p, "JSON-RPC URL of the chain: a state adopted from the gateway (a new or "
+                    "stale --state file) is also checked against on-chain totalClaimed")
     p.add_argument("--retries", type=int, default=3, metavar="N",
                    help="resends of an image whose answer was lost (connection cut, 502/504) "
                         "or transient (503), with the same Idempotency-Key and payment: the "
@@ -86,30 +99,38 @@ def _handle(args: argparse.Namespace) -> int:
         raise CliError("--concurrency: must be at least 1", EXIT_USAGE)
     if args.retries < 0:
         raise CliError(f"--retries {args.retries}: must be 0 or more", EXIT_USAGE)
+    from gateway.uploads import ACCEPTED_IMAGES, ACCEPTED_IMAGES_TEXT
+
     paths = _expand(args.images)
     for path in paths:  # every image checked before the first payment
         try:
-            load_image(path)
+            _data, content_type, _name = load_image(path)
         except InputError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
+            raise CliError(str(exc).replace("JPEG, PNG, WebP, GIF or BMP", ACCEPTED_IMAGES_TEXT),
+                           EXIT_USAGE) from None
+        if content_type not in ACCEPTED_IMAGES:  # the gateway would refuse it (415)
+            kind = content_type.removeprefix("image/").upper()
+            raise CliError(f"{path}: a {kind} image; the gateway accepts {ACCEPTED_IMAGES_TEXT} "
+                           "(convert it first; nothing was paid)", EXIT_USAGE, "unsupported_format")
     client = open_client(args, deposit=args.deposit, retries=args.retries)
     data = run_sdk(lambda: _classify_all(args, client, paths))
+    # Any image refused (the gateway's 4xx, uncharged) is a failure a script must see.
+    data["exit_code"] = EXIT_USAGE if data["failed"] else 0
     emit(args, data, _human)
-    if data["failed"] == len(paths):
-        return EXIT_USAGE  # every image refused (the gateway's 4xx): nothing was charged
-    return 0
+    return int(data["exit_code"])
 
 
 def _expand(items: list[Path]) -> list[Path]:
-    from channels.sdk.inputs import IMAGE_SUFFIXES
+    from gateway.uploads import ACCEPTED_IMAGES, ACCEPTED_IMAGES_TEXT
 
+    suffixes = {suffix for names in ACCEPTED_IMAGES.values() for suffix in names}
     paths: list[Path] = []
     for item in items:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes)
             if not found:
-                raise CliError(f"{item}: no JPEG, PNG, WebP, GIF or BMP files in this folder",
-                               EXIT_USAGE)
+                raise CliError(f"{item}: no {ACCEPTED_IMAGES_TEXT} files in this folder "
+                               f"({', '.join(sorted(suffixes))})", EXIT_USAGE)
             paths.extend(found)
         else:
             paths.append(item)
@@ -132,6 +153,7 @@ async def _classify_all(args: argparse.Namespace, client: PaymentClient, paths: 
                         "charged": "0"}
             return result.to_json()
 
+    token = await gateway_token(args.gateway)  # for showing amounts; base units if unknown
     async with client:
         tasks = [asyncio.ensure_future(one(p)) for p in paths]
         try:
@@ -143,8 +165,8 @@ async def _classify_all(args: argparse.Namespace, client: PaymentClient, paths: 
                 t.cancel()
         record = await client.channel() if any("channelId" in r for r in results) else None
     total = sum(int(r["charged"]) for r in results)
-    out: dict[str, Any] = {"gateway": args.gateway, "images": results, "charged": str(total),
-                           "failed": sum("error" in r for r in results)}
+    out: dict[str, Any] = {"gateway": args.gateway, "token": token, "images": results,
+                           "charged": str(total), "failed": sum("error" in r for r in results)}
     if record is not None:
         out["channel"] = {"channelId": "0x" + record.channel_id.hex(),
                           "balance": str(record.balance), "charged": str(record.charged),
@@ -153,17 +175,20 @@ async def _classify_all(args: argparse.Namespace, client: PaymentClient, paths: 
 
 
 def _human(data: dict[str, Any]) -> str:
+    token = data.get("token")
     lines = []
     for r in data["images"]:
         if "error" in r:
             lines.append(f"{r['image']}: refused, not charged: {r['error']}")
             continue
-        top = r["predictions"][0]
-        paid = f"cost {r['charged']}" + (f" (+ deposit {r['deposited']})" if r["deposited"] else "")
-        lines.append(f"{r['image']}: {top['label']} ({top['probability']:.2f}, {top['group']})"
-                     f"  {paid}")
+        paid = f"cost {show_amount(r['charged'], token)}" + (
+            f" (+ deposit {show_amount(r['deposited'], token)})" if r["deposited"] else "")
+        lines.append(f"{r['image']}: {animal_line(r)}  {paid}")
     ch = data.get("channel")
-    tail = f"{len(data['images']) - data['failed']} image(s), charged {data['charged']}"
+    tail = (f"{len(data['images']) - data['failed']} image(s), charged "
+            f"{show_amount(data['charged'], token)}")
+    if data["failed"]:
+        tail += f"; {data['failed']} refused, not charged"
     if ch:
-        tail += f"; channel {ch['channelId'][:10]}… holds {ch['remaining']} unspent"
+        tail += f"; channel {ch['channelId'][:10]}… holds {show_amount(ch['remaining'], token)} unspent"
     return "\n".join(lines + [tail])

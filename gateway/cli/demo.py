@@ -6,8 +6,9 @@
 
 The embedded py-evm chain starts with our contracts at the canonical x402 addresses, the real
 classifier loads, the gateway listens on a free loopback port, and a client (anvil test key
-#1) deposits into a payment channel and classifies the photos concurrently, paying each
-request with a signed voucher. The gateway then claims the charges and settles them to the
+#1) deposits into a payment channel and classifies the photos (animals, and one thing that is
+not) concurrently, paying each request with a signed voucher; each line leads with the animal
+answer ("dog 97%", "not an animal 99%"), then the top-3 labels. The gateway then claims the charges and settles them to the
 provider (anvil test key #0), and the client takes back the rest of its deposit with a
 cooperative refund. Balances are read from the chain before and after. Nothing is
 kept: the chain and the ledgers live in memory and a temporary folder.

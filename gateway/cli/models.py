@@ -4,8 +4,13 @@
     $ paychan models promote 5793442 --models ./models    # id, unique prefix or alias
     $ paychan models rollback --models ./models           # champion <-> previous
     $ paychan models retire 5793442 --models ./models     # kept on disk, no longer servable
+    $ paychan models retrain --models ./models --samples ./paychan-samples  # train, gate, promote
+    $ paychan models publish champion --models ./models --rpc URL --key-file provider.key \
+          --registry 0x...                                # to the ModelRegistry, once
     $ paychan models list --gateway http://127.0.0.1:8402 # GET /v1/models (free, no key)
 
+A gateway serving the store (``paychan serve --models DIR``) follows ``promote`` and
+``rollback`` by itself within a second (``gateway.model_watch``): no restart.
 A store directory that holds no version yet is bootstrapped with the bundled ImageNet
 tf_efficientnet_lite0 as its champion. A version's id is the sha256 of its weights file.
 ``list`` is the default action; without --models or PAYCHAN_MODELS it needs --gateway.
@@ -18,7 +23,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.cli._common import EXIT_FAILED, EXIT_USAGE, CliError, add_json_flag, emit
+from gateway.cli._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CliError,
+    add_json_flag,
+    add_key_flag,
+    emit,
+    load_key,
+)
+from gateway.cli._retrain import add_retrain_parser
 from gateway.cli.channel import run_sdk
 
 __all__ = ["register"]
@@ -29,7 +43,7 @@ MODELS_ENV = "PAYCHAN_MODELS"
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "models",
-        help="model versions: a local store (list/promote/rollback/retire) or a gateway's",
+        help="model versions: a local store (list/promote/rollback/retire/retrain) or a gateway's",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -52,6 +66,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retire.add_argument("version", metavar="ID", help="version id, unique id prefix or alias")
     _flags(retire, argparse.SUPPRESS)
     retire.set_defaults(handler=_retire)
+    add_retrain_parser(sub, lambda parser: _flags(parser, argparse.SUPPRESS))
+    publish = sub.add_parser(
+        "publish", help="publish a version to the ModelRegistry (weights hash, manifest digest)",
+        description="examples:\n  paychan models publish champion --models ./models --rpc "
+        "http://127.0.0.1:8545 --key-file provider.key --registry 0x...\n\nThe key must own the "
+        "registry. A published version is left as is; the record goes to <id>/publication.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    publish.add_argument("version", metavar="ID", nargs="?", default="champion",
+                         help="version id, unique id prefix or alias (default: champion)")
+    publish.add_argument("--rpc", dest="rpc_url", metavar="URL", default=None,
+                         help="EVM JSON-RPC URL (default: PAYCHAN_RPC_URL, else http://127.0.0.1:8545)")
+    publish.add_argument("--registry", metavar="ADDRESS", default=None,
+                         help="ModelRegistry address (default: PAYCHAN_REGISTRY)")
+    add_key_flag(publish)
+    _flags(publish, argparse.SUPPRESS)
+    publish.set_defaults(handler=_publish)
     p.set_defaults(handler=_list)
 
 
@@ -93,6 +123,8 @@ def _list(args: argparse.Namespace) -> int:
     if gateway and getattr(args, "models", None) is not None:
         raise CliError("pass either --models DIR (a local store) or --gateway URL, not both",
                        EXIT_USAGE)
+    if not gateway and _models_dir(args) is None:  # PAYCHAN_GATEWAY, as for every --gateway
+        args.gateway = gateway = os.environ.get("PAYCHAN_GATEWAY", "").strip() or None
     if gateway:
         return _list_gateway(args)
     if _models_dir(args) is None:
@@ -136,6 +168,50 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _retire(args: argparse.Namespace) -> int:
     return _change(args, "retire")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from inference.versions import StoreError
+
+    store = _store(args)
+    try:
+        version = store.servable(args.version)
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    registry = args.registry or os.environ.get("PAYCHAN_REGISTRY", "").strip()
+    if not registry:
+        raise CliError("no registry: pass --registry ADDRESS (the ModelRegistry contract; "
+                       "contracts.DEV_REGISTRY on dev chains) or set PAYCHAN_REGISTRY", EXIT_USAGE)
+    rpc = args.rpc_url or os.environ.get("PAYCHAN_RPC_URL", "").strip() or "http://127.0.0.1:8545"
+    key = load_key(args)
+
+    async def work() -> dict[str, Any]:
+        from eth_account import Account
+
+        from channels.provider.registry import ModelRegistry
+        from gateway.chain_setup import close_web3, connect_rpc
+        from gateway.provenance import Publisher, key_sender
+
+        w3 = await connect_rpc(rpc)
+        try:
+            contract = ModelRegistry(w3, registry)
+            publisher = Publisher(contract, key_sender(w3, key, contract.address),
+                                  publisher=Account.from_key(key).address,
+                                  chain_id=int(await w3.eth.chain_id))
+            return await publisher.ensure(version, store)
+        finally:
+            await close_web3(w3)
+
+    try:
+        record = asyncio.run(work())
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise CliError(f"publish: {exc}", EXIT_FAILED) from None
+    emit(args, {"version": version.id, "publication": record},
+         lambda d: f"published {d['version'][:16]} in {d['publication']['registry']} "
+         f"(tx {d['publication']['tx_hash']}, block {d['publication']['block_number']})")
+    return 0
 
 
 def _human_store(data: dict[str, Any]) -> str:

@@ -25,12 +25,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import json
 import os
 import signal
+import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # aiohttp loads inside the handler: `paychan --help` stays in
     from aiohttp import web
 
     from gateway.config import GatewayConfig
+    from gateway.tokens import TokenInfo
 
 __all__ = ["config_from_args", "register", "run_server"]
 
@@ -57,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--key-file", type=Path,
                    help="file holding the receiver-authorizer hex key (default: PAYCHAN_KEY)")
     p.add_argument("--token", help="payment token address (ERC-3009, e.g. the test USDC)")
-    p.add_argument("--price", type=int, help="price per image in token units (default 1000)")
+    p.add_argument("--price", metavar="AMOUNT",
+                   help="price per image: base units (1000) or token units with the token's "
+                   "symbol (0.001USDC); default 1000 base units")
     p.add_argument("--store", help="ledger: sqlite:///PATH (default) or redis://HOST:PORT/DB")
     p.add_argument("--model", help="model id or version to serve; 'null' for the null model")
     p.add_argument("--models", type=Path,
@@ -65,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "versions with ?model= (default: the bundled --model, no store)")
     p.add_argument("--max-resident-models", type=int,
                    help="store versions kept loaded at once, least recently used evicted (default 2)")
+    p.add_argument("--model-watch-s", type=float,
+                   help="how often the store's champion alias is checked for a hot swap "
+                   "(default 1; 0: off)")
+    p.add_argument("--registry", metavar="ADDRESS",
+                   help="ModelRegistry contract: publish each served version there before it "
+                   "answers, and advertise it in /v1/models (the key must own it)")
+    p.add_argument("--no-publish", dest="publish_models", action="store_const", const=False,
+                   help="advertise --registry but do not publish versions to it")
+    p.add_argument("--retrain-after", type=int, metavar="N",
+                   help="after every N new samples, run `paychan models retrain` in a "
+                   "subprocess; a candidate that passes the gate becomes champion (needs --models)")
     p.add_argument("--batch-cap", type=int,
                    help="largest model batch (default: the best rate timed at warm-up)")
     p.add_argument("--workers", type=int, help="processes sharing the port (needs a redis store)")
@@ -73,6 +89,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--receiver", help="payTo address (default: the key's address)")
     p.add_argument("--settlement", help="settlement contract (default: the canonical address)")
     p.add_argument("--samples-dir", type=Path, help="where POST /v1/samples stores images")
+    p.add_argument("--samples-per-minute", type=int,
+                   help="samples one payer may send a minute, sustained (default 60)")
+    p.add_argument("--samples-burst", type=int,
+                   help="... and at once (default 20); more get 429 with Retry-After")
+    p.add_argument("--samples-max-bytes", type=int,
+                   help="image bytes the sample store may hold in all (default 10 GiB; then 507)")
+    p.add_argument("--samples-payer-max-bytes", type=int,
+                   help="image bytes of samples one payer may store (default 256 MiB; then 507)")
+    p.add_argument("--sample-signature-max-age-s", type=float,
+                   help="refuse a SAMPLE-SIGNATURE signed longer ago than this (default 600)")
     p.add_argument("--no-payment", dest="payment", action="store_const", const=False,
                    help="serve paid routes for free (benchmarks, local use)")
     p.add_argument("--no-settler", dest="settler", action="store_const", const=False,
@@ -81,6 +107,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="claim once the oldest unclaimed charge is this many seconds old (default 3600)")
     p.add_argument("--claim-threshold", type=int,
                    help="... or once this many token units are unclaimed (default 1000000)")
+    p.add_argument("--max-offline-exposure", type=int,
+                   help="while the chain node is unreachable, serve known channels until this many "
+                   "token units were charged since it was last seen, then 503 (default 1000000)")
     p.add_argument("--no-facilitator", dest="facilitator", action="store_const", const=False,
                    help="do not mount the x402 facilitator endpoints under /facilitator")
     p.add_argument("--header-timeout-s", type=float,
@@ -94,53 +123,87 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--keepalive-timeout-s", type=float,
                    help="close an idle keep-alive connection after this long (default 75)")
     p.add_argument("--admin-token-file", type=Path,
-                   help="enable POST /admin/settle for callers sending this file's token as "
-                   "'Authorization: Bearer' (also PAYCHAN_ADMIN_TOKEN); off by default")
+                   help="enable POST /admin/settle, GET /admin/earnings and the console "
+                   "(/admin/console) for this file's token, sent as 'Authorization: Bearer' or "
+                   "typed into the console's sign-in form (also PAYCHAN_ADMIN_TOKEN); off by default")
+    p.add_argument("--usage-log", type=Path,
+                   help="one JSON line per paid answer, for `paychan usage export` and the "
+                   "console (default: <SQLite ledger>.usage.jsonl; a Redis ledger needs this)")
+    p.add_argument("--access-log", metavar="FILE",
+                   help="where the access log goes, one JSON line a request: '-' for stdout "
+                   "(the default) or a file to append to")
+    p.add_argument("--no-access-log", dest="access_log", action="store_const", const="off",
+                   help="no access log")
     add_json_flag(p)
     p.set_defaults(handler=_handle)
 
 
 _FLAG_FIELDS = (
     "config", "rpc_url", "key_file", "token", "price", "store", "model", "models", "max_resident_models", "batch_cap", "workers", "host",
-    "port", "receiver", "settlement", "samples_dir", "payment", "settler", "claim_after_s",
-    "claim_threshold", "facilitator", "header_timeout_s", "body_idle_timeout_s", "body_min_rate",
-    "max_connections_per_address", "keepalive_timeout_s", "admin_token_file",
+    "model_watch_s", "registry", "publish_models", "retrain_after",
+    "port", "receiver", "settlement", "samples_dir", "samples_per_minute", "samples_burst",
+    "samples_max_bytes", "samples_payer_max_bytes", "sample_signature_max_age_s", "payment", "settler", "claim_after_s",
+    "claim_threshold", "max_offline_exposure", "facilitator", "header_timeout_s", "body_idle_timeout_s", "body_min_rate",
+    "max_connections_per_address", "keepalive_timeout_s", "admin_token_file", "access_log",
+    "usage_log",
 )
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """The GatewayConfig for parsed ``serve`` arguments (flags > env > TOML > defaults)."""
+    """The GatewayConfig for parsed ``serve`` arguments (flags > env > TOML > defaults).
+
+    A price in token units (``--price 0.001USDC``) needs the token's decimals, so it is left
+    at the default here; ``_handle`` converts it once the token is checked."""
     from gateway.config import ConfigError, GatewayConfig
 
+    env = os.environ if env is None else env
     flags = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    if _price_text(args, env) is not None:
+        flags["price"] = None
+        env = {k: v for k, v in env.items() if k != "PAYCHAN_PRICE"}
+    elif isinstance(flags["price"], str):
+        flags["price"] = flags["price"].strip()  # base units: GatewayConfig converts and checks
     try:
-        config = GatewayConfig.load(flags, env=os.environ if env is None else env)
+        config = GatewayConfig.load(flags, env=env)
         config.require_payment_terms()
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return config
 
 
+def _price_text(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """``--price`` (or PAYCHAN_PRICE) when it is in token units, e.g. ``0.001USDC``; None
+    when it is base units or unset."""
+    text = getattr(args, "price", None) or env.get("PAYCHAN_PRICE")
+    if text is None or str(text).strip().replace("_", "").lstrip("-").isdigit():
+        return None
+    return str(text)
+
+
 def _handle(args: argparse.Namespace) -> int:
+    """Bind the port, check the token, and only then announce and serve: whatever the
+    startup line says has been checked (a port in use, an address that is not an EIP-3009
+    token, a bad price are refused first, in one line)."""
     from channels.provider.store.sqlite import LedgerLocked
     from inference.versions import StoreError
 
     config = config_from_args(args)
-    announce = {
-        "url": f"http://{config.host}:{config.port}",
-        "workers": config.workers,
-        "store": config.store,
-        "model": config.model,
-        "models": None if config.models is None else str(config.models),
-        "payment": config.payment,
-        "pid": os.getpid(),
-    }
-    print(json.dumps(announce) if args.json else
-          f"paychan gateway on {announce['url']} ({config.workers} worker(s), store {config.store})",
-          flush=True)
-    if config.workers == 1:
+    price_text = _price_text(args, os.environ)
+    sock = _bind(config, reuse_port=config.workers > 1)
+    try:
+        token = _check_token(config) if config.payment else None
+        config = _priced(config, price_text, token)
+        _check_access_log(config)  # a bad --access-log path is refused before the model loads
+        if token is not None:
+            config = dataclasses.replace(config, token_name=config.token_name or token.name,
+                                         token_version=config.token_version or token.version,
+                                         token_symbol=token.symbol, token_decimals=token.decimals)
+        if config.workers > 1:
+            sock.close()  # the workers bind their own sockets to the same port
+            _announce(args, config, token, None)
+            return _run_workers(config)
         try:
-            run_server(config)
+            run_server(config, sock=sock, on_started=lambda app: _announce(args, config, token, app))
         except ConnectionError as exc:  # the RPC (or Redis) did not answer at startup
             raise CliError(str(exc), EXIT_UNREACHABLE) from None
         except LedgerLocked as exc:  # another process owns the SQLite ledger file
@@ -148,11 +211,154 @@ def _handle(args: argparse.Namespace) -> int:
         except StoreError as exc:  # --models: unwritable, no champion, a broken manifest
             raise CliError(f"models: {exc}", EXIT_USAGE) from None
         return 0
-    return _run_workers(config)
+    finally:
+        sock.close()
 
 
-def run_server(config: GatewayConfig, *, reuse_port: bool = False) -> None:
-    """Serve ``config`` in this process until SIGINT/SIGTERM (drains in-flight requests)."""
+def _bind(config: GatewayConfig, *, reuse_port: bool) -> socket.socket:
+    """The listening socket on ``config.host:port`` (CliError, exit 2, when it is taken).
+
+    With workers the parent only binds, to find a port in use before starting anything; a
+    socket that never listens takes no connections away from the workers."""
+    try:
+        infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"--host {config.host}: not an address of this machine ({exc.strerror})",
+                       EXIT_USAGE) from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if not reuse_port:
+            sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"port {config.port} on {config.host} is in use; pick another with "
+                           "--port", EXIT_USAGE, "port_in_use") from None
+        raise CliError(f"--host {config.host} --port {config.port}: cannot listen there "
+                       f"({exc.strerror})", EXIT_USAGE) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _check_token(config: GatewayConfig) -> TokenInfo:
+    """The payment token, checked on the chain to be an ERC-20 with EIP-3009 (CliError if not)."""
+    from gateway.chain_setup import close_web3, connect_rpc
+    from gateway.tokens import TokenError, read_token
+
+    assert config.token is not None  # require_payment_terms
+    token_address = config.token
+
+    async def check() -> TokenInfo:
+        w3 = await connect_rpc(config.rpc_url, timeout_s=10)
+        try:
+            return await read_token(w3, token_address)
+        finally:
+            await close_web3(w3)
+
+    try:
+        return asyncio.run(check())
+    except TokenError as exc:
+        raise CliError(str(exc), EXIT_USAGE, "not_a_token") from None
+    except ConnectionError as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+
+
+def _priced(config: GatewayConfig, price_text: str | None, token: TokenInfo | None) -> GatewayConfig:
+    """``config`` with a token-units price (``0.001USDC``) converted to base units."""
+    if price_text is None:
+        return config
+    from gateway.tokens import parse_amount
+
+    if token is None:
+        raise CliError(f"price: {price_text!r} is in token units, which need the token's "
+                       "decimals; a gateway without payments has no token: pass base units "
+                       "(e.g. --price 1000)", EXIT_USAGE)
+    try:
+        price = parse_amount(price_text, token.decimals, token.symbol)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if price <= 0:
+        raise CliError(f"price: must be positive, got {price_text!r}", EXIT_USAGE)
+    return dataclasses.replace(config, price=price)
+
+
+def _check_access_log(config: GatewayConfig) -> None:
+    """CliError (exit 2) when ``--access-log FILE`` cannot be appended to."""
+    from gateway.access_log import OFF
+
+    if config.access_log == "-" or config.access_log.strip().lower() in OFF:
+        return
+    try:
+        with open(os.path.expanduser(config.access_log), "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise CliError(f"--access-log: cannot write {config.access_log} ({exc.strerror}); pass "
+                       "a writable file, '-' for stdout, or --no-access-log", EXIT_USAGE) from None
+
+
+def _announce(args: argparse.Namespace, config: GatewayConfig, token: TokenInfo | None,
+              app: web.Application | None) -> None:
+    """The startup line, once the port is bound and the token checked (and, with one process,
+    the model loaded): URL, price, token, receiver, model; one JSON object under ``--json``."""
+    from gateway.tokens import format_amount
+
+    model_id, architecture = config.model, None
+    if app is not None:
+        from gateway.keys import CLASSIFIER
+
+        version = app[CLASSIFIER].version
+        model_id, architecture = version.id, version.architecture
+    elif config.models is not None:
+        model_id = f"the champion of {config.models}"
+    receiver = _receiver(config) if config.payment else None
+    url = f"http://{config.host}:{config.port}"
+    price = format_amount(config.price, *((token.decimals, token.symbol) if token else (None, None)))
+    announce = {
+        "url": url,
+        "price": {"base_units": str(config.price), "text": price},
+        "token": token.to_json() if token else None,
+        "receiver": receiver,
+        "model": {"id": model_id, "architecture": architecture},
+        "workers": config.workers,
+        "store": config.store,
+        "models": None if config.models is None else str(config.models),
+        "payment": config.payment,
+        "access_log": config.access_log,
+        "pid": os.getpid(),
+    }
+    if args.json:
+        print(json.dumps(announce), flush=True)
+        return
+    model = model_id + (f" ({architecture})" if architecture else "")
+    terms = (f"price {price} per image, token {token.symbol} {token.address}, "
+             f"receiver {receiver}" if token else "payments off (--no-payment), free")
+    print(f"paychan gateway on {url}: {terms}, model {model}; "
+          f"{config.workers} worker(s), store {config.store}", flush=True)
+
+
+def _receiver(config: GatewayConfig) -> str:
+    from eth_account import Account
+
+    from channels.protocol import checksum_address
+
+    if config.receiver:
+        return checksum_address(config.receiver)
+    assert config.key is not None
+    return str(Account.from_key(config.key).address)
+
+
+def run_server(config: GatewayConfig, *, reuse_port: bool = False, sock: socket.socket | None = None,
+               on_started: Callable[[web.Application], None] | None = None) -> None:
+    """Serve ``config`` in this process until SIGINT/SIGTERM (drains in-flight requests).
+
+    ``sock``: an already bound, listening socket to serve on (else ``config.host:port`` is
+    bound); ``on_started(app)`` runs once the app has started and takes connections."""
     from gateway.app import create_app
 
     if not config.is_null_model and config.device == "cpu":
@@ -161,10 +367,12 @@ def run_server(config: GatewayConfig, *, reuse_port: bool = False) -> None:
         keep_freed_memory()  # before any thread allocates: no page faults per model batch
     app = create_app(config)
     app.on_startup.append(_tune_collector)  # runs after the cleanup contexts have opened
-    _run_until_signalled(app, config, reuse_port=reuse_port)
+    _run_until_signalled(app, config, reuse_port=reuse_port, sock=sock, on_started=on_started)
 
 
-def _run_until_signalled(app: web.Application, config: GatewayConfig, *, reuse_port: bool) -> None:
+def _run_until_signalled(app: web.Application, config: GatewayConfig, *, reuse_port: bool,
+                         sock: socket.socket | None = None,
+                         on_started: Callable[[web.Application], None] | None = None) -> None:
     """``web.run_app`` with the gateway's runner: its protocol cuts slow clients off and caps
     connections per address (``gateway.connections``), which ``run_app``'s own runner cannot.
 
@@ -175,7 +383,8 @@ def _run_until_signalled(app: web.Application, config: GatewayConfig, *, reuse_p
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_forever(app, config, reuse_port=reuse_port))
+    main = loop.create_task(_serve_forever(app, config, reuse_port=reuse_port, sock=sock,
+                                           on_started=on_started))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -195,18 +404,29 @@ def _run_until_signalled(app: web.Application, config: GatewayConfig, *, reuse_p
             loop.close()
 
 
-async def _serve_forever(app: web.Application, config: GatewayConfig, *, reuse_port: bool) -> None:
-    """Start ``app`` on ``config.host:port`` through ``GatewayRunner``; clean up when stopped."""
+async def _serve_forever(app: web.Application, config: GatewayConfig, *, reuse_port: bool,
+                         sock: socket.socket | None = None,
+                         on_started: Callable[[web.Application], None] | None = None) -> None:
+    """Start ``app`` on ``sock`` (else ``config.host:port``) through ``GatewayRunner``, with
+    the JSON access log (``gateway.access_log``) unless it is off; clean up when stopped."""
     from aiohttp import web
 
+    from gateway.access_log import JsonAccessLogger, open_access_log
     from gateway.connections import GatewayRunner
 
-    runner = GatewayRunner(app, handle_signals=True, access_log=None,
+    runner = GatewayRunner(app, handle_signals=True, access_log=open_access_log(config.access_log),
+                           access_log_class=JsonAccessLogger,
                            shutdown_timeout=config.drain_timeout_s)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
         await site.start()
+        if on_started is not None:
+            on_started(app)
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:
         await runner.cleanup()

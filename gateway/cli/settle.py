@@ -41,6 +41,7 @@ from gateway.cli._common import (
     CliError,
     add_json_flag,
     emit,
+    show_amount,
 )
 
 if TYPE_CHECKING:  # web3 and the stores load with the command, not with the CLI
@@ -211,7 +212,7 @@ async def settle_via_gateway(url: str, token: str, *, wait_s: float = 1860.0) ->
             base + "/admin/settle", headers={"Authorization": f"Bearer {token}"}
         ) as response:
             status, body = response.status, await response.read()
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise CliError(f"--gateway: cannot reach {base} ({type(exc).__name__}: {exc}); start the "
                        "gateway or pass its URL", EXIT_UNREACHABLE) from None
     except aiohttp.InvalidURL:
@@ -265,6 +266,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
     from channels.protocol import checksum_address
     from channels.provider import TxFailed, is_transport_error
     from gateway.chain_setup import close_web3, connect_rpc
+    from gateway.tokens import TokenError, read_token
     from gateway.views import settlement_json
 
     say = progress or (lambda _text: None)
@@ -279,6 +281,10 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
         if not bytes(await w3.eth.get_code(settlement)):
             raise CliError(f"--settlement: no contract at {settlement} on chain {chain_id}; "
                            "pass the settlement address the gateway uses", EXIT_USAGE)
+        try:
+            token = await read_token(w3, config.token)
+        except TokenError as exc:
+            raise CliError(str(exc), EXIT_USAGE, "not_a_token") from None
         async with _provider(config, w3, chain_id) as provider:
             store, chain, settler = provider.store, provider.chain, provider.settler
             receiver = settler.receiver
@@ -289,7 +295,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
             everything = await store.claim_targets()
             targets = await settler.claimable()
             due = sum(t.unclaimed for t in targets)
-            say(f"claiming {due} token units on {len(targets)} channel(s)..."
+            say(f"claiming {token.format(due)} on {len(targets)} channel(s)..."
                 if targets else "nothing to claim; checking for claimed value to settle...")
             async with _watch_journal(chain, say):
                 report = await settler.run_once(force=True)
@@ -311,6 +317,7 @@ async def settle_once(config: Any, *, progress: Progress | None = None) -> dict[
         "settlement": settlement,
         "receiver": receiver,
         "token": checksum_address(config.token),
+        "token_units": {"symbol": token.symbol, "decimals": token.decimals},
         "recovered": [_recovered_json(r) for r in recovered],
         # charged channels this key cannot claim (another receiverAuthorizer) or that a
         # pending claim already covers
@@ -391,16 +398,21 @@ def _recovered_json(result: TxResult | TxFailed) -> dict[str, Any]:
 
 
 def _human(d: dict[str, Any]) -> str:
+    units = d.get("token_units")  # absent in a report from a gateway's /admin/settle
+
+    def amt(value: Any) -> str:
+        return show_amount(value, units)
+
     lines = [f"chain {d['chain_id']}, settlement {d['settlement']}, token {d['token']}"]
     if d.get("gateway"):
         lines.append(f"settled by the gateway at {d['gateway']} (its own key and ledger)")
     for r in d["recovered"]:
         lines.append(f"finished a pending {r['kind']} from a previous run: {r['tx']} ({r['status']})")
     if d["claims"]:
-        lines.append(f"claimed {d['claimed']} token units on {d['channels']} channel(s):")
-        width = max(len(str(c["amount"])) for c in d["claims"])
+        lines.append(f"claimed {amt(d['claimed'])} on {d['channels']} channel(s):")
         for c in d["claims"]:
-            lines.append(f"  {c['channel']}  {c['amount']:>{width}}  (total claimed {c['total_claimed']})")
+            lines.append(f"  {c['channel']}  {amt(c['amount'])}  (total claimed "
+                         f"{amt(c['total_claimed'])})")
         for tx in d["claim_txs"]:
             lines.append(f"claim tx  {tx}")
     else:
@@ -412,7 +424,7 @@ def _human(d: dict[str, Any]) -> str:
         lines.append(f"{d['not_claimable']} charged channel(s) not claimable with this key "
                      "(another receiverAuthorizer, or a pending claim covers them)")
     if d["settle_tx"]:
-        lines.append(f"settled {d['settled_amount']} token units to {d['receiver']}")
+        lines.append(f"settled {amt(d['settled_amount'])} to {d['receiver']}")
         lines.append(f"settle tx {d['settle_tx']}")
     else:
         lines.append("nothing to settle")

@@ -44,10 +44,16 @@ async def test_demo_summary_matches_the_chain(tmp_path: Path) -> None:
     balance, total_claimed = (await settlement.functions.channels(bytes.fromhex(s["channel_id"][2:])).call())[:2]
     assert (balance, total_claimed) == (s["charged"], s["charged"])
     assert s["channel_remaining"] == 0
-    # The printed story names each photo with a label and its cost.
+    # The printed story names each photo with its animal answer, its labels and its cost.
     assert sum("cost 0.001000 USDC" in line for line in lines) == s["requests"]
+    assert any("chelsea.jpg" in line and " cat " in line for line in lines)
     assert {r["label"] for r in s["results"] if r["image"] == "chelsea.jpg"} <= {
         "tabby", "tiger cat", "Egyptian cat"}
+    # The photos are animals and one thing that is not: each answer says which.
+    statuses = {r["image"]: r["animal"]["status"] for r in s["results"]}
+    assert list(statuses.values()).count("not_animal") == 1
+    assert sorted(set(statuses.values())) == ["animal", "not_animal"]
+    assert {r["animal"]["group"] for r in s["results"] if r["image"] == "chelsea.jpg"} == {"cat"}
 
 
 def test_demo_command_prints_a_json_summary() -> None:

@@ -127,7 +127,9 @@ def test_no_contract_at_the_settlement_address_is_bad_input(anvil: Anvil, tmp_pa
     argv = ["settle", "--rpc", anvil.url, "--store", f"sqlite:///{ledger}",
             "--token", anvil.deployment.token, "--settlement", nowhere, "--json"]
     assert main(argv) == EXIT_USAGE
-    assert "--settlement: no contract at" in capsys.readouterr().err
+    error = json.loads(capsys.readouterr().out)  # under --json the error is JSON on stdout
+    assert error["exit_code"] == EXIT_USAGE
+    assert error["error"]["message"].startswith("--settlement: no contract at")
 
 
 def test_unreachable_rpc_exits_4(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -87,8 +87,9 @@ async def test_official_x402_client_buys_20(make_config, anvil, model_classifier
             return answers
 
         answers = await asyncio.to_thread(buy)
-        first = answers[0]["body"]["results"][0]["predictions"][0]
-        assert first["group"] == "cat"
+        first = answers[0]["body"]["results"][0]
+        assert first["predictions"][0]["group"] == "cat"
+        assert first["animal"]["group"] == "cat" and first["animal"]["status"] == "animal"
         responses = [json.loads(base64.b64decode(a["payment"])) for a in answers]
         assert responses[0]["transaction"].startswith("0x") and responses[0]["amount"]  # the deposit
         assert all(r["extra"]["chargedAmount"] == str(PRICE) for r in responses)

@@ -1,13 +1,9 @@
-"""Metrics text format, admission caps, rate limiting and durable sample storage."""
+"""Metrics text format, admission caps and rate limiting (the sample store: tests/inference/test_samples_store.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from gateway.limits import InFlightCaps, RateLimiter
 from gateway.metrics import GatewayMetrics
-from gateway.samples import SampleStore
 
 
 def test_metrics_render_prometheus_text() -> None:
@@ -51,20 +47,6 @@ def test_rate_limiter_token_bucket() -> None:
     assert limiter.acquire("other") == 0.0  # per key
     now[0] += 1.0
     assert limiter.acquire("ip") == 0.0
-
-
-async def test_sample_store_is_durable_and_deduplicated(tmp_path: Path) -> None:
-    store = SampleStore(tmp_path / "samples")
-    first = await store.add(b"\xff\xd8jpegbytes", "image/jpeg", label=281, client="1.2.3.4")
-    again = await store.add(b"\xff\xd8jpegbytes", "image/jpeg", label=281, client="1.2.3.4")
-    other = await store.add(b"\x89PNGbytes", "image/png", label=7, client="1.2.3.4")
-    assert not first.duplicate and again.duplicate and not other.duplicate
-    assert (tmp_path / "samples" / first.path).read_bytes() == b"\xff\xd8jpegbytes"
-    assert first.path.startswith("0281/") and other.path.endswith(".png")
-    lines = (tmp_path / "samples" / "manifest.jsonl").read_text().splitlines()
-    assert [json.loads(line)["label"] for line in lines] == [281, 7]
-    assert store.count() == 2
-    assert not list((tmp_path / "samples").rglob("*.tmp"))
 
 
 async def test_deadlines_cancel_only_late_requests_and_tell_them_apart() -> None:

@@ -26,6 +26,9 @@ def test_classify_local_prints_predictions_and_the_model_version(
     assert out["model"]["id"].startswith("tf_efficientnet_lite0-")
     assert out["model"]["hash"].startswith("0x") and len(out["model"]["hash"]) == 66
     cat_result, dog_result, junk_result = out["images"]
+    assert cat_result["animal"]["group"] == "cat" and cat_result["animal"]["status"] == "animal"
+    # The animal answer sums the cat classes: more than the best one alone.
+    assert cat_result["animal"]["probability"] > cat_result["predictions"][0]["probability"]
     assert cat_result["predictions"][0]["group"] == "cat"
     assert len(cat_result["predictions"]) == 2
     assert dog_result["predictions"][0] == {
@@ -35,7 +38,8 @@ def test_classify_local_prints_predictions_and_the_model_version(
 
     assert main(["classify-local", str(cat), "--top-k", "1"]) == 0
     text = capsys.readouterr().out
-    assert "tiger cat" in text and "#282" in text and out["model"]["id"] in text
+    assert f"chelsea.png: cat {cat_result['animal']['probability']:.0%} (tiger cat" in text
+    assert out["model"]["id"] in text
 
 
 def test_classify_local_refuses_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,8 +72,9 @@ def test_any_timm_model_loads_from_a_local_file_and_never_asks_a_hub(
     loaded = load_model("resnet10t", path, device="cpu", threads=1)
     assert loaded.version.architecture == "resnet10t"
     assert loaded.version.content_hash == hashlib.sha256(path.read_bytes()).digest()
-    probs, indices = loaded.top_k(torch.zeros(2, *loaded.input_shape), k=3)
+    probs, indices, groups = loaded.top_k(torch.zeros(2, *loaded.input_shape), k=3)
     assert probs.shape == indices.shape == (2, 3)
+    assert groups.shape == (2, 9) and torch.allclose(groups.sum(dim=1), torch.ones(2))
 
 
 def test_a_model_without_bundled_weights_says_how_to_give_some() -> None:

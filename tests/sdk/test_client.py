@@ -41,6 +41,10 @@ async def test_classify_pays_once_and_returns_verified_predictions(paid_gateway,
         models = await client.models()
 
     assert first.top.group == "cat" and first.top.label in ("tiger cat", "tabby", "Egyptian cat")
+    # The animal answer leads: every cat class summed, so more than the top class alone.
+    assert first.animal.group == "cat" and first.animal.is_animal
+    assert first.animal.probability > first.top.probability
+    assert first.to_json()["animal"] == first.animal.to_json()
     assert len(first.predictions) == 3 and len(second.predictions) == 5
     assert first.predictions[0].score >= first.predictions[1].score
     assert first.image == str(cat_jpeg) and second.image is None

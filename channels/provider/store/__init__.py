@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 from channels.protocol import LedgerPolicy
+
 from ._codec import IdempotencyRecord
 from .base import Store
 from .memory import MemoryStore
 from .redis import ChannelContended, NotDurable, RedisStore
+from .redis_conn import is_redis_outage
 from .sqlite import SqliteStore
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "RedisStore",
     "SqliteStore",
     "Store",
+    "is_redis_outage",
     "open_store",
 ]
 

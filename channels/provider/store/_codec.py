@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 try:  # orjson: the state of a busy channel (dozens of reservations) encodes ~5x faster
@@ -34,6 +34,8 @@ class IdempotencyRecord:
     fingerprints the request that took the key (the gateway hashes method, path, body and
     price), so a later request under the same key but with another body is told apart from
     a retry; "" for records written before digests existed (such a key replays as before).
+    `owner` names the process that wrote a pending marker when that process keeps a
+    heartbeat (the Redis store): a marker whose owner's heartbeat is gone can be taken over.
 
         >>> rec = IdempotencyRecord("req-1", time.time(), None, digest="9f86d0...")
         >>> rec.matches("9f86d0..."), rec.done
@@ -44,6 +46,7 @@ class IdempotencyRecord:
     created_at: float
     response: bytes | None = None
     digest: str = ""
+    owner: str = field(default="", compare=False)
 
     @property
     def done(self) -> bool:
@@ -120,10 +123,12 @@ def encode_idem(rec: IdempotencyRecord) -> bytes:
     d: dict[str, Any] = {"r": rec.request_id, "t": rec.created_at, "b": body}
     if rec.digest:
         d["d"] = rec.digest
+    if rec.owner:
+        d["o"] = rec.owner
     return json.dumps(d, separators=(",", ":")).encode()
 
 
 def decode_idem(raw: bytes | str) -> IdempotencyRecord:
     d = json.loads(raw)
     body = bytes.fromhex(d["b"]) if d["b"] is not None else None
-    return IdempotencyRecord(d["r"], d["t"], body, d.get("d", ""))
+    return IdempotencyRecord(d["r"], d["t"], body, d.get("d", ""), d.get("o", ""))
