@@ -5,7 +5,10 @@
     .venv/bin/python bench/inference.py --device cuda --model resnet50 --weights r50.pth
 
 All in one run, one model loaded once, written to ``bench/results/inference.json`` with the
-machine and its load average before and after (other processes share these cores):
+machine and its load average before and after (other processes share these cores). The run is
+split into ``--rounds`` rounds and each round measures every point below in turn, bare first,
+so a slow spell of the machine falls on bare and served alike; a point reports its best and
+its median round.
 
 1. ``bare``: the model alone, timm-benchmark style: preprocessed tensors already in the
    served layout (channels_last) on the device, no queue, at batch sizes 1...32; and at 1 and
@@ -15,8 +18,12 @@ machine and its load average before and after (other processes share these cores
 3. ``batcher``: the Classifier (max batch 32, padded buckets) at concurrency 1, 8 and 64, each
    client sending one preprocessed image per request and the next when answered.
 4. ``batcher_jpeg``: the same at concurrency 64 sending JPEG bytes, decode included.
+5. ``two_resident``: concurrency 64 on the champion while a second version (its own model
+   and batcher thread, as ``serve --max-resident-models 2`` keeps it) is resident and idle;
+   and ``split``: 48 clients on the champion and 16 pinned to the second version at once.
 
-Target: ``batcher`` at concurrency 64 reaches >= 0.85x the best ``bare`` images/s.
+Target: ``batcher`` at concurrency 64, and again with two versions resident, reaches >= 0.85x
+the best ``bare`` images/s, on the best round and on the median round.
 """
 
 from __future__ import annotations
@@ -143,40 +150,85 @@ def _summarize(rounds: list[dict[str, Any]], **labels: Any) -> dict[str, Any]:
     return out
 
 
-async def serving(model: Any, args: argparse.Namespace, jpeg: bytes) -> dict[str, Any]:
+async def measure(model: Any, args: argparse.Namespace, jpeg: bytes) -> dict[str, Any]:
+    """Every point, round by round: each round runs every bare configuration and then every
+    served point, so a slow spell of the machine (a neighbour, a turbo budget running out)
+    falls on bare and served alike instead of on whichever phase came second."""
     import torch
 
-    from inference import Classifier
+    from inference import Classifier, load_model
 
     tensor = torch.randn(*model.input_shape)
     single = Classifier.from_model(model, max_batch=1, queue_size=1024)
     batcher = Classifier.from_model(model, max_batch=args.max_batch,
                                     max_wait_us=args.max_wait_us, queue_size=1024)
+    # A second version as the gateway keeps it resident: its own module and batcher thread.
+    second = Classifier.from_model(
+        load_model(args.model, args.weights, device=args.device),
+        max_batch=args.max_batch, max_wait_us=args.max_wait_us, queue_size=1024)
     await single.start()
     await batcher.start()
+    await second.start()  # warmed; idle (waiting on its queue) except in the split point
     points: dict[str, tuple[Any, Any, int]] = {
         "serving_batch1": (single, lambda: single.classify_tensors([tensor]), 8),
         **{f"batcher_c{c}": (batcher, lambda: batcher.classify_tensors([tensor]), c)
            for c in CONCURRENCY},
         "batcher_jpeg_c64": (batcher, lambda: batcher.classify([jpeg]), 64),
     }
+
+    async def two_resident(seconds: float) -> dict[str, Any]:
+        return await load_clients(batcher, lambda: batcher.classify_tensors([tensor]), 64,
+                                  seconds)
+
+    async def split(seconds: float) -> dict[str, Any]:
+        first, other = await asyncio.gather(
+            load_clients(batcher, lambda: batcher.classify_tensors([tensor]), 48, seconds),
+            load_clients(second, lambda: second.classify_tensors([tensor]), 16, seconds))
+        return {"latencies": first["latencies"] + other["latencies"],
+                "count": first["count"] + other["count"],
+                "elapsed": max(first["elapsed"], other["elapsed"]),
+                **{k: first[k] + other[k] for k in ("images", "batches", "padded")}}
+
+    pair_rounds: dict[str, list[dict[str, Any]]] = {"two_resident": [], "split": []}
+    configs = [(size, True) for size in BARE_SIZES] + [(1, False), (8, False)]
+    bare_rounds: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in points}
     per_round = args.seconds / args.rounds
-    for _ in range(args.rounds):
+    for n in range(args.rounds):
+        # The batcher threads are idle while the bare model runs on this (the main) thread.
+        for size, channels_last in configs:
+            times = bare(model, size, per_round, channels_last)
+            bare_rounds[(size, channels_last)].append(
+                {"latencies": times, "count": size * len(times), "elapsed": sum(times)})
         for name, (clf, request, concurrency) in points.items():
             rounds[name].append(await load_clients(clf, request, concurrency, per_round))
+        pair_rounds["two_resident"].append(await two_resident(per_round))
+        pair_rounds["split"].append(await split(per_round))
+        print(f"round {n + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     await single.close()
     await batcher.close()
+    await second.close()
 
+    bare_points = [
+        _summarize(bare_rounds[(size, cl)], batch=size,
+                   layout="channels_last" if cl else "nchw", note="latency is per batch call")
+        for size, cl in configs
+    ]
     summary = {name: _summarize(rounds[name], concurrency=points[name][2]) for name in points}
     return {
+        "bare": bare_points,
         "serving_batch1": summary["serving_batch1"],
         "batcher": [summary[f"batcher_c{c}"] for c in CONCURRENCY],
         "batcher_jpeg": summary["batcher_jpeg_c64"],
+        "two_resident": _summarize(pair_rounds["two_resident"], concurrency=64,
+                                   note="c64 on the champion, a second version resident"),
+        "split": _summarize(pair_rounds["split"], concurrency=64,
+                            note="48 clients on the champion, 16 on the second version"),
         "batcher_config": {"max_batch": batcher.max_batch, "buckets": list(batcher.buckets),
                            "batch_cap": batcher.batch_cap,
                            "warmup_images_per_s": batcher.warmup_rates,
                            "max_wait_us": args.max_wait_us, "queue_size": batcher.queue_size},
+        "interleaving": "each round runs every bare configuration, then every served point",
     }
 
 
@@ -219,24 +271,12 @@ def main() -> None:
         "model_load_s": round(load_s, 2),
         "seconds_per_point": args.seconds,
     }
-    configs = [(size, True) for size in BARE_SIZES] + [(1, False), (8, False)]
-    bare_rounds: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
-    for _ in range(args.rounds):  # interleaved, so a neighbour's burst hits one round only
-        for size, channels_last in configs:
-            times = bare(model, size, args.seconds / args.rounds, channels_last)
-            bare_rounds[(size, channels_last)].append(
-                {"latencies": times, "count": size * len(times), "elapsed": sum(times)})
-    bare_points = [
-        _summarize(bare_rounds[(size, cl)], batch=size,
-                   layout="channels_last" if cl else "nchw")
-        for size, cl in configs
-    ]
+    measured = asyncio.run(measure(model, args, jpeg))
+    bare_points = measured.pop("bare")
     for point in bare_points:
-        point["note"] = "latency is per batch call"
         print(json.dumps(point), flush=True)
     result["bare"] = bare_points
-
-    served = asyncio.run(serving(model, args, jpeg))
+    served = measured
     result.update(served)
     print(json.dumps(served, indent=1), flush=True)
 
@@ -248,12 +288,19 @@ def main() -> None:
     best_median = max(p["images_per_s_median"] for p in bare_points
                       if p["layout"] == "channels_last")
     ratio_median = at64["images_per_s_median"] / best_median
+    two = served["two_resident"]
+    two_ratio = two["images_per_s"] / best["images_per_s"]
+    two_ratio_median = two["images_per_s_median"] / best_median
     result["target"] = {
-        "rule": "batcher at concurrency 64 >= 0.85 x best bare images/s",
+        "rule": "batcher at concurrency 64, alone and with a second version resident, "
+                "best and median rounds >= 0.85 x best bare images/s",
         "best_bare_images_per_s": best["images_per_s"], "best_bare_batch": best["batch"],
         "batcher_c64_images_per_s": at64["images_per_s"], "ratio": round(ratio, 3),
         "ratio_of_medians": round(ratio_median, 3),
-        "met": ratio >= 0.85 and ratio_median >= 0.85,
+        "two_resident_ratio": round(two_ratio, 3),
+        "two_resident_ratio_of_medians": round(two_ratio_median, 3),
+        "split_ratio": round(served["split"]["images_per_s"] / best["images_per_s"], 3),
+        "met": min(ratio, ratio_median, two_ratio, two_ratio_median) >= 0.85,
     }
     load_after = os.getloadavg()
     result["load_average"] = {"before": [round(x, 2) for x in load_before],

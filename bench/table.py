@@ -145,7 +145,17 @@ def _inference(d: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         yield (
             "classifier images/s, batcher at concurrency 64",
             _n(t["batcher_c64_images_per_s"]),
-            f"{t.get('rule', 'target')}: ratio {_n(t.get('ratio'))}, {_met(t.get('met'))}",
+            f"{t.get('rule', 'target')}: ratio {_n(t.get('ratio'))}"
+            + (f" (medians {_n(t['ratio_of_medians'])})" if "ratio_of_medians" in t else "")
+            + f", {_met(t.get('met'))}",
+        )
+    if "two_resident_ratio" in t:
+        yield (
+            "classifier images/s, concurrency 64, two versions resident",
+            _n(d.get("two_resident", {}).get("images_per_s")),
+            f"ratio {_n(t['two_resident_ratio'])} (medians "
+            f"{_n(t.get('two_resident_ratio_of_medians'))}); 48+16 clients split over both: "
+            f"ratio {_n(t.get('split_ratio'))}",
         )
     if "best_bare_images_per_s" in t:
         yield (
@@ -250,7 +260,20 @@ def _settlement(d: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         )
 
 
+def _animal_thresholds(d: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    at = d.get("all", {}).get("at_chosen", {})
+    chosen = d.get("chosen", {})
+    if "n" in at:
+        yield (
+            f"animal answer on {_n(at['n'])} labelled photos (right / unsure / wrong)",
+            f"{_n(at.get('right'))} / {_n(at.get('unsure'))} / {_n(at.get('wrong'))}",
+            f"thresholds chosen here: unsure below {_n(chosen.get('unsure_below'))}, "
+            f"not_animal from {_n(chosen.get('not_animal_from'))}",
+        )
+
+
 _EXTRACTORS: dict[str, Callable[[dict[str, Any]], Iterator[tuple[str, str, str]]]] = {
+    "animal_thresholds": _animal_thresholds,
     "gas": _gas,
     "verify": _verify,
     "inference": _inference,

@@ -108,9 +108,9 @@ async def _run(anvil: Anvil, tmp_path: Path, store_url: str, image: Path, capsys
             try:
                 answer = await sdk.classify(image, top_k=1)
             except RequestFailed as e:
-                # Known gap (docs/reliability.md): on Redis, a request the dead gateway had begun
-                # (key marked pending) but not committed answers 409 until the marker is older
-                # than the reservation timeout (120 s). Never charged: the books below prove it.
+                # On Redis, a request the dead gateway had begun (key marked pending) but not
+                # committed answers 409 until the dead process's heartbeat key expires (about
+                # 5 s, then a resend takes the key over). Never charged: the books below prove it.
                 if (e.status, e.code) != (409, "idempotency_key_in_use"):
                     raise
                 c.blocked += 1
