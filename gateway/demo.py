@@ -4,7 +4,8 @@
     summary["provider_received"] == summary["charged"]          # read back from the chain
 
 What happens, in order: the embedded py-evm chain starts with our contracts at the canonical
-x402 addresses; the real classifier loads; the gateway listens on a free loopback port; a
+x402 addresses; the real classifier loads; the gateway listens on a free loopback port and
+publishes the served version to the ModelRegistry (owned by the provider key); a
 payer (anvil test key #1) deposits into a channel and classifies the demo photos (animals,
 and one thing that is not) concurrently over HTTP, paying each request with a voucher; each
 answer leads with the animal ("dog 97%", "not an animal 99%") before the top-k labels; the gateway claims the charges
@@ -91,7 +92,7 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
     from contracts import DEV_KEYS, embedded_chain
     from gateway.app import create_app
     from gateway.config import GatewayConfig
-    from gateway.keys import PAYMENTS
+    from gateway.keys import MODEL_WATCH, PAYMENTS
     from inference import Classifier
 
     started = time.monotonic()
@@ -122,6 +123,9 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
             "store": f"sqlite:///{work / 'gateway-ledger.sqlite3'}",
             "samples_dir": work / "samples",
             "settler": False,  # the demo settles once, explicitly, at the end
+            # The served version is published to the ModelRegistry (owned by the provider key)
+            # before the gateway reports ready, as a production gateway does.
+            "registry": dep.registry,
             "port": port,
             **options.extra,
         })
@@ -131,6 +135,9 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
         await web.TCPSite(runner, "127.0.0.1", port).start()
         url = f"http://127.0.0.1:{port}/v1/classify?top_k={options.top_k}"
         report(f"gateway    http://127.0.0.1:{port} ({classifier.version.id}), price {_usdc(options.price)} per image")
+        publication = await _published(app[MODEL_WATCH], classifier.version.content_hash.hex())
+        report(f"registry   {classifier.version.id} published in {dep.registry} "
+               f"(tx {str(publication.get('tx_hash'))[:10]}...)")
         try:
             payer = Payer(payer_signer, work / "payer.sqlite3", deposit_amount=options.deposit)
             async with PaymentClient(payer) as client:
@@ -173,6 +180,7 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
         "chain_id": await chain.w3.eth.chain_id,
         "contracts": dep.as_dict(),
         "model": results[0].get("model"),
+        "publication": publication,
         "results": results,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -180,6 +188,18 @@ async def _run(options: DemoOptions, photos: list[Path], work: Path, report: Rep
            f"payer {_usdc(after['payer'])} ({_signed(summary['payer_balance_change'])}), "
            f"{_usdc(remaining)} left in the channel")
     return summary
+
+
+async def _published(watch: Any, key: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The served version's ModelRegistry record, once the gateway's model watch has sent it."""
+    deadline = time.monotonic() + timeout_s
+    while key not in watch.publications:
+        if time.monotonic() > deadline:
+            error = watch.status()["last_error"]
+            raise RuntimeError(f"the served version was not published to the ModelRegistry "
+                               f"within {timeout_s:.0f} s: {error}")
+        await asyncio.sleep(0.05)
+    return dict(watch.publications[key])
 
 
 async def _classify_all(client: PaymentClient, url: str, images: list[Path], options: DemoOptions,

@@ -54,6 +54,20 @@ async def test_demo_summary_matches_the_chain(tmp_path: Path) -> None:
     assert list(statuses.values()).count("not_animal") == 1
     assert sorted(set(statuses.values())) == ["animal", "not_animal"]
     assert {r["animal"]["group"] for r in s["results"] if r["image"] == "chelsea.jpg"} == {"cat"}
+    # The served version was published to the ModelRegistry by the provider key, under the
+    # sha256 of the bundled weights file, in the transaction the demo printed.
+    from channels.provider.registry import ModelRegistry
+    from inference.weights import bundled_weights_path, file_digest
+
+    pub = s["publication"]
+    registry = ModelRegistry(chain.w3, chain.deployment.registry)
+    weights_hash = bytes.fromhex(pub["weights_hash"].removeprefix("0x"))
+    assert weights_hash == file_digest(bundled_weights_path("tf_efficientnet_lite0"))
+    assert await registry.is_published(weights_hash)
+    assert await registry.owner() == provider == pub["publisher"]
+    receipt = await chain.w3.eth.get_transaction_receipt(pub["tx_hash"])
+    assert receipt["status"] == 1 and receipt["to"] == chain.deployment.registry
+    assert any(line.startswith("registry ") and pub["tx_hash"][:10] in line for line in lines)
 
 
 def test_demo_command_prints_a_json_summary() -> None:
