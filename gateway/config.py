@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NULL_MODEL", "ConfigError", "GatewayConfig"]
+__all__ = ["NULL_MODEL", "ConfigError", "GatewayConfig", "read_toml"]
 
 #: ``model`` value that serves a constant prediction without torch (benchmarks, fast tests).
 NULL_MODEL = "null"
@@ -162,7 +162,7 @@ class GatewayConfig:
         toml_path = toml_path or flags.pop("config", None) or env.get(_ENV_PREFIX + "CONFIG")
         values: dict[str, Any] = {}
         if toml_path:
-            values.update(_read_toml(Path(toml_path)))
+            values.update(read_toml(Path(toml_path)))
         known = {f.name for f in fields(cls)}
         for name in known:
             raw = env.get(_ENV_PREFIX + name.upper())
@@ -284,7 +284,8 @@ class GatewayConfig:
 # ---------------------------------------------------------------------- helpers
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The settings of a TOML config file (flat, or under ``[gateway]``), ``-`` in names as ``_``."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

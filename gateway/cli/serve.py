@@ -159,7 +159,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     env = os.environ if env is None else env
     flags = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
     if _price_text(args, env) is not None:
-        flags["price"] = None
+        # A stand-in that outranks the TOML's price; _priced sets the real one.
+        flags["price"] = 1
         env = {k: v for k, v in env.items() if k != "PAYCHAN_PRICE"}
     elif isinstance(flags["price"], str):
         flags["price"] = flags["price"].strip()  # base units: GatewayConfig converts and checks
@@ -172,10 +173,18 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
 
 
 def _price_text(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
-    """``--price`` (or PAYCHAN_PRICE) when it is in token units, e.g. ``0.001USDC``; None
-    when it is base units or unset."""
+    """The price when it is in token units, e.g. ``0.001USDC``, from ``--price``, else
+    PAYCHAN_PRICE, else the TOML file's ``price``; None when it is base units or unset."""
+    from gateway.config import ConfigError, read_toml
+
     text = getattr(args, "price", None) or env.get("PAYCHAN_PRICE")
-    if text is None or str(text).strip().replace("_", "").lstrip("-").isdigit():
+    toml_path = getattr(args, "config", None) or env.get("PAYCHAN_CONFIG")
+    if text is None and toml_path:
+        try:
+            text = read_toml(Path(toml_path)).get("price")
+        except ConfigError:
+            return None  # GatewayConfig.load reports the unreadable file
+    if text is None or isinstance(text, int) or str(text).strip().replace("_", "").lstrip("-").isdigit():
         return None
     return str(text)
 

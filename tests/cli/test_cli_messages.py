@@ -184,6 +184,21 @@ def test_serve_announces_price_token_receiver_and_model(anvil: Anvil, tmp_path: 
         assert pricing["token"] == {"address": token, "symbol": "USDC", "decimals": 6}
 
 
+def test_serve_takes_a_token_units_price_from_the_toml_file(anvil: Anvil, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nprice = "0.003USDC"\n')
+    with served(serve_argv(anvil, tmp_path, port, "--config", str(config), "--json",
+                           "--no-access-log")) as (_, line):
+        assert json.loads(line)["price"] == {"base_units": "3000",
+                                             "text": "0.003 USDC (3000 base units)"}
+    # The flag still outranks the file.
+    port = free_port()
+    with served(serve_argv(anvil, tmp_path, port, "--config", str(config), "--price", "1500",
+                           "--json", "--no-access-log")) as (_, line):
+        assert json.loads(line)["price"]["base_units"] == "1500"
+
+
 def test_serve_announces_as_json(anvil: Anvil, tmp_path: Path) -> None:
     port = free_port()
     with served(serve_argv(anvil, tmp_path, port, "--json", "--no-access-log")) as (_, line):
