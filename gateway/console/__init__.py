@@ -13,7 +13,9 @@ which answers with a signed session cookie (``gateway.console.auth``)::
 
 from __future__ import annotations
 
+import functools
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,27 @@ def enable_console(app: web.Application, config: GatewayConfig) -> None:
 
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(_HERE / "templates"),
                                autoescape=jinja2.select_autoescape(default=True))
-    env.filters.update(units=_units, utc=_utc, ago=_ago, short=_short, ms=_ms)
+    env.filters.update(units=_units, utc=_utc, ago=_ago, short=_short, ms=_ms,
+                       amount=functools.partial(_amount, decimals=config.token_decimals,
+                                                symbol=config.token_symbol))
     app.add_routes(routes)
     app.router.add_static("/admin/console/static/", _HERE / "static", name="console_static")
 
 
 def _units(value: Any) -> str:
     return "—" if value is None else f"{int(value):,}"
+
+
+def _amount(value: Any, *, decimals: int | None, symbol: str | None) -> str:
+    """Token units with the symbol (``0.012 USDC``); base units when the token is unknown."""
+    if value is None:
+        return "—"
+    if decimals is None or symbol is None:
+        return _units(value)
+    text = f"{Decimal(int(value)).scaleb(-decimals):,f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {symbol}"
 
 
 def _utc(t: Any) -> str:

@@ -121,11 +121,15 @@ async def _context(request: web.Request) -> dict[str, Any]:
     summary = await accounting.summary(states)
     rows = channel_rows(states, accounting.index, now)
     history = list(accounting.history)
+    # Plotted in token units when the token is known (its symbol in the title), else base units.
+    known = config.token_symbol is not None and config.token_decimals is not None
+    scale = 10.0 ** -(config.token_decimals or 0) if known else 1.0
+    earnings_title = f"earnings over time ({config.token_symbol if known else 'base units'})"
     earnings = [
-        Series("charged", "#2563eb", [(p[0], p[1]) for p in history]),
-        Series("claimed", "#7c3aed", [(p[0], p[2]) for p in history]),
-        Series("settled", "#16a34a", [(p[0], p[3]) for p in history]),
-        Series("at risk", "#dc2626", [(p[0], p[4]) for p in history]),
+        Series("charged", "#2563eb", [(p[0], p[1] * scale) for p in history]),
+        Series("claimed", "#7c3aed", [(p[0], p[2] * scale) for p in history]),
+        Series("settled", "#16a34a", [(p[0], p[3] * scale) for p in history]),
+        Series("at risk", "#dc2626", [(p[0], p[4] * scale) for p in history]),
     ]
     ctx.update({
         "summary": summary,
@@ -134,8 +138,8 @@ async def _context(request: web.Request) -> dict[str, Any]:
         "transactions": list(reversed(accounting.transactions)),
         "usage_log": str(accounting.usage.path) if accounting.usage else None,
         # Drawn twice, wide for a desktop card and narrow (taller) for a phone; CSS shows one.
-        "earnings_chart": line_chart(earnings, title="earnings over time", wide=True),
-        "earnings_chart_narrow": line_chart(earnings, title="earnings over time"),
+        "earnings_chart": line_chart(earnings, title=earnings_title, wide=True),
+        "earnings_chart_narrow": line_chart(earnings, title=earnings_title),
         "leader": gate.sync.leader,
         "sync_error": gate.sync.last_error,
     })

@@ -45,7 +45,8 @@ def _config(make_config, anvil, **overrides: Any):
     values: dict[str, Any] = {
         "payment": True, "key": DEV_KEYS[0], "token": anvil.deployment.token, "rpc_url": anvil.url,
         "price": PRICE, "model": "null", "settler": True, "chain_poll_s": 0.2,
-        "claim_interval_s": 3600.0, "admin_token": TOKEN, "console_sample_s": 0.5}
+        "claim_interval_s": 3600.0, "admin_token": TOKEN, "console_sample_s": 0.5,
+        "token_symbol": "USDC", "token_decimals": 6}  # as `paychan serve` reads them from the token
     values.update(overrides)
     return make_config(**values)
 
@@ -135,6 +136,8 @@ def _browse(url: str, shots: Path) -> dict[str, Any]:
 
         page: dict[str, Any] = {k: value(k) for k in (
             "charged", "claimed", "settled", "unclaimed", "at-risk", "earned", "gas-balance")}
+        shown = driver.find_element(By.CSS_SELECTOR, '[data-testid="charged"]')
+        page["charged_text"] = (shown.text, shown.get_attribute("title"))
         page["channels"] = {}
         for row in driver.find_elements(By.CSS_SELECTOR, '[data-testid="channel-row"]'):
             cells = {k: int(row.find_element(By.CSS_SELECTOR, f'[data-testid="channel-{k}"]')
@@ -213,6 +216,8 @@ async def test_console_in_chromium_shows_the_chains_numbers(
     assert (page["claimed"], page["settled"]) == (claimed, settled) == (5 * PRICE, 5 * PRICE)
     assert page["settled"] == await token_balance(anvil, receiver)
     assert page["charged"] == 7 * PRICE and page["unclaimed"] == 2 * PRICE
+    # Shown in token units with the symbol; the base units are the figure's tooltip.
+    assert page["charged_text"] == (f"{7 * PRICE / 1e6:g} USDC", f"{7 * PRICE:,} base units")
     assert page["earned"] == settled + 2 * PRICE and page["at-risk"] == 0
     assert page["gas-balance"] > 0
     assert len(page["channels"]) == 2
