@@ -71,7 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "publish", help="publish a version to the ModelRegistry (weights hash, manifest digest)",
         description="examples:\n  paychan models publish champion --models ./models --rpc "
         "http://127.0.0.1:8545 --key-file provider.key --registry 0x...\n\nThe key must own the "
-        "registry. A published version is left as is; the record goes to <id>/publication.json.",
+        "registry. A published version is left as is; the record goes to <id>/publication.json.\n\n"
+        "A gateway serving with --registry publishes every version it serves by itself; use "
+        "this for a version before it is served, not while that gateway is sending claims with "
+        "the same key (two senders of one key can take the same nonce).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     publish.add_argument("version", metavar="ID", nargs="?", default="champion",
                          help="version id, unique id prefix or alias (default: champion)")
