@@ -161,3 +161,34 @@ def test_the_split_is_stratified_and_stable(submitted, tmp_path) -> None:
     submit(tmp_path / "s", submitted[1][:1], LABEL, "other_mammal")
     train2, heldout2 = split_samples(read_samples(store.root).samples)
     assert set(train) <= set(train2) or set(heldout) <= set(heldout2)
+
+
+@pytest.mark.slow
+def test_last_stage_trains_only_the_last_stage_and_faces_the_same_gate(tmp_path, submitted) -> None:
+    """``--last-stage`` also fine-tunes the backbone's last stage (and the head convolution
+    after it); every earlier weight and statistic stays the parent's, and the candidate is
+    gated like any other, its report saying why it passed or not."""
+    samples = submit(tmp_path / "samples", submitted[0], LABEL, "other_mammal")
+    store = ModelStore.open(tmp_path / "models")
+    parent = store.resolve("champion")
+    outcome = retrain(store, samples.root, RetrainOptions(
+        train=TrainOptions(device="cpu", last_stage=True), replay_dirs=REPLAY))
+    report = outcome.report
+    assert report["training"]["last_stage"] is True
+
+    # as timm names them (the bundled parent's file uses efficientnet_pytorch's names)
+    old = store.load(parent.id, device="cpu").module.state_dict()
+    new = store.load(outcome.candidate.id, device="cpu").module.state_dict()
+    last = max(int(k.split(".")[1]) for k in old if k.startswith("blocks."))
+    changed = {k for k in old if old[k].shape == new[k].shape and not torch.equal(old[k], new[k])}
+    trainable = (f"blocks.{last}.", "conv_head.", "bn2.", "classifier.")
+    assert any(k.startswith(f"blocks.{last}.") for k in changed), "the last stage did not move"
+    assert [k for k in changed if not k.startswith(trainable)] == []
+    # the old classes' head rows may move with the backbone; the new row is added
+    assert new["classifier.weight"].shape[0] == old["classifier.weight"].shape[0] + 1
+
+    assert report["decision"] in ("promoted to champion", "refused by the gate")
+    assert report["verdict"]["reasons"]
+    champion = store.resolve("champion").id
+    assert (champion == outcome.candidate.id) == outcome.promoted
+    assert outcome.promoted or champion == parent.id
