@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gateway.cli._admin import admin_token, call_admin
 from gateway.cli._common import EXIT_UNREACHABLE, EXIT_USAGE, CliError, add_json_flag, emit
 
 __all__ = ["earnings_via_gateway", "local_earnings", "register"]
@@ -69,15 +70,15 @@ _LOCAL_ONLY = {"config": "--config", "store": "--store", "rpc_url": "--rpc",
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from gateway.cli.settle import _admin_token, _config
+    from gateway.cli.settle import _config
 
     if args.gateway is not None:
         given = [flag for name, flag in _LOCAL_ONLY.items() if getattr(args, name) is not None]
         if given:
             raise CliError(f"--gateway: the gateway reads its own ledger and chain; drop "
                            f"{', '.join(given)}", EXIT_USAGE)
-        result = asyncio.run(earnings_via_gateway(args.gateway, _admin_token(args.admin_token_file,
-                                                                              os.environ)))
+        result = asyncio.run(earnings_via_gateway(args.gateway, admin_token(args.admin_token_file,
+                                                                             os.environ)))
     else:
         if args.admin_token_file is not None:
             raise CliError("--admin-token-file: only used with --gateway URL", EXIT_USAGE)
@@ -88,27 +89,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 async def earnings_via_gateway(url: str, token: str) -> dict[str, Any]:
     """``GET {url}/admin/earnings`` with the admin token; the gateway's earnings summary."""
-    import aiohttp
-
-    from gateway.cli.settle import _gateway_error, _json_or_none
-
-    base = url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-            base + "/admin/earnings", headers={"Authorization": f"Bearer {token}"}
-        ) as response:
-            status, body = response.status, await response.read()
-    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-        raise CliError(f"--gateway: cannot reach {base} ({type(exc).__name__}: {exc}); start the "
-                       "gateway or pass its URL", EXIT_UNREACHABLE) from None
-    except aiohttp.InvalidURL:
-        raise CliError(f"--gateway: {url!r} is not a URL; pass e.g. http://127.0.0.1:8402",
-                       EXIT_USAGE) from None
-    data = _json_or_none(body)
-    if status == 200 and isinstance(data, dict):
-        return {"gateway": base, **data}
-    raise _gateway_error(base, status, data)
+    return await call_admin(url, "GET", "/admin/earnings", token, what="report earnings")
 
 
 async def local_earnings(config: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli._admin import admin_token, call_admin
 from gateway.cli._common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
@@ -160,7 +161,7 @@ def _handle_gateway(args: argparse.Namespace) -> int:
     if given:
         raise CliError(f"--gateway: the gateway settles with its own key, store and chain; drop "
                        f"{', '.join(given)}", EXIT_USAGE)
-    token = _admin_token(args.admin_token_file, os.environ)
+    token = admin_token(args.admin_token_file, os.environ)
     wait_s = 3 * (args.tx_timeout_s or 600.0) + 60.0
     if args.json:
         result = asyncio.run(settle_via_gateway(args.gateway, token, wait_s=wait_s))
@@ -173,28 +174,6 @@ def _handle_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_token(path: Path | None, env: Any) -> str:
-    """The admin token: ``--admin-token-file``, else the file PAYCHAN_ADMIN_TOKEN_FILE names,
-    else PAYCHAN_ADMIN_TOKEN.
-
-        token = _admin_token(Path("admin.token"), os.environ)
-    """
-    if path is None and env.get("PAYCHAN_ADMIN_TOKEN_FILE"):
-        path = Path(env["PAYCHAN_ADMIN_TOKEN_FILE"])
-    if path is not None:
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise CliError(f"--admin-token-file: cannot read {path}: {exc.strerror}; pass the "
-                           "file the gateway was started with", EXIT_USAGE) from None
-    else:
-        token = env.get("PAYCHAN_ADMIN_TOKEN", "").strip()
-    if not token:
-        raise CliError("--admin-token-file: no admin token; pass --admin-token-file F (the file "
-                       "the gateway was started with) or set PAYCHAN_ADMIN_TOKEN", EXIT_USAGE)
-    return token
-
-
 async def settle_via_gateway(url: str, token: str, *, wait_s: float = 1860.0) -> dict[str, Any]:
     """``POST {url}/admin/settle`` with the admin token; the gateway's settlement report.
 
@@ -203,51 +182,8 @@ async def settle_via_gateway(url: str, token: str, *, wait_s: float = 1860.0) ->
     Raises CliError: EXIT_USAGE (no admin route, no or wrong token), EXIT_UNREACHABLE (the
     gateway or its chain cannot be reached), EXIT_FAILED (a transaction failed on-chain).
     """
-    import aiohttp
-
-    base = url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=wait_s)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            base + "/admin/settle", headers={"Authorization": f"Bearer {token}"}
-        ) as response:
-            status, body = response.status, await response.read()
-    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-        raise CliError(f"--gateway: cannot reach {base} ({type(exc).__name__}: {exc}); start the "
-                       "gateway or pass its URL", EXIT_UNREACHABLE) from None
-    except aiohttp.InvalidURL:
-        raise CliError(f"--gateway: {url!r} is not a URL; pass e.g. http://127.0.0.1:8402",
-                       EXIT_USAGE) from None
-    data = _json_or_none(body)
-    if status == 200 and isinstance(data, dict):
-        return {"gateway": base, **data}
-    raise _gateway_error(base, status, data)
-
-
-def _json_or_none(body: bytes) -> Any:
-    import json
-
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _gateway_error(base: str, status: int, data: Any) -> CliError:
-    """The one-line CliError for a gateway's refusal of ``POST /admin/settle``."""
-    said = data.get("message", "") if isinstance(data, dict) else ""
-    if status == 404:
-        return CliError(f"--gateway: {base} has no admin route (404); start the gateway with "
-                        "--admin-token-file F (or PAYCHAN_ADMIN_TOKEN) to enable POST /admin/settle",
-                        EXIT_USAGE)
-    if status in (401, 403):
-        which = "no token was sent" if status == 401 else "the token is wrong"
-        return CliError(f"--admin-token-file: {base} refused it ({status}: {which}); pass the "
-                        "token file the gateway was started with", EXIT_USAGE)
-    if status == 503:
-        return CliError(f"--gateway: {base} cannot settle now (503): {said or 'unavailable'}",
-                        EXIT_UNREACHABLE)
-    return CliError(f"--gateway: {base} answered {status}: {said or 'no JSON report'}", EXIT_FAILED)
+    return await call_admin(url, "POST", "/admin/settle", token, what="settle",
+                            read_timeout_s=wait_s)
 
 
 # ---------------------------------------------------------------------- the round

@@ -311,7 +311,18 @@ def test_a_crashed_gateway_never_blocks_a_later_settle(anvil: Anvil, tmp_path: P
     ],
 )
 def test_gateway_refusals_are_one_line_with_the_fix(status: int, body: Any, code: int, needle: str) -> None:
-    from gateway.cli.settle import _gateway_error
+    from gateway.cli._admin import gateway_error
 
-    error = _gateway_error("http://gw:8402", status, body)
+    error = gateway_error("http://gw:8402", status, body, call="POST /admin/settle", what="settle")
     assert error.exit_code == code and needle in str(error), str(error)
+
+
+def test_an_earnings_refusal_names_the_earnings_route() -> None:
+    from gateway.cli._admin import gateway_error
+
+    error = gateway_error("http://gw:8402", 404, None, call="GET /admin/earnings",
+                          what="report earnings")
+    assert str(error).endswith("to enable GET /admin/earnings")
+    error = gateway_error("http://gw:8402", 503, {"message": "the chain node cannot be reached"},
+                          call="GET /admin/earnings", what="report earnings")
+    assert "cannot report earnings now (503): the chain node cannot be reached" in str(error)
