@@ -128,3 +128,22 @@ async def with_progress(tasks: Sequence[Awaitable[object]], title: str) -> None:
         for done in asyncio.as_completed(tasks):
             await done
             progress.advance(bar)
+
+
+def expand_images(items: Sequence[Path]) -> list[Path]:
+    """Files as given, folders as their images of the kinds the gateway accepts (sorted);
+    a folder with none is a CliError. ``expand_images([Path("photos/"), Path("cat.jpg")])``."""
+    from gateway.uploads import ACCEPTED_IMAGES, ACCEPTED_IMAGES_TEXT
+
+    suffixes = {suffix for names in ACCEPTED_IMAGES.values() for suffix in names}
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes)
+            if not found:
+                raise CliError(f"{item}: no {ACCEPTED_IMAGES_TEXT} files in this folder "
+                               f"({', '.join(sorted(suffixes))})", EXIT_USAGE)
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths

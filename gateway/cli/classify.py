@@ -42,6 +42,7 @@ from gateway.cli._common import (
     add_json_flag,
     add_key_flag,
     emit,
+    expand_images,
     show_amount,
     with_progress,
 )
@@ -101,7 +102,7 @@ def _handle(args: argparse.Namespace) -> int:
         raise CliError(f"--retries {args.retries}: must be 0 or more", EXIT_USAGE)
     from gateway.uploads import ACCEPTED_IMAGES, ACCEPTED_IMAGES_TEXT
 
-    paths = _expand(args.images)
+    paths = expand_images(args.images)
     for path in paths:  # every image checked before the first payment
         try:
             _data, content_type, _name = load_image(path)
@@ -118,23 +119,6 @@ def _handle(args: argparse.Namespace) -> int:
     data["exit_code"] = EXIT_USAGE if data["failed"] else 0
     emit(args, data, _human)
     return int(data["exit_code"])
-
-
-def _expand(items: list[Path]) -> list[Path]:
-    from gateway.uploads import ACCEPTED_IMAGES, ACCEPTED_IMAGES_TEXT
-
-    suffixes = {suffix for names in ACCEPTED_IMAGES.values() for suffix in names}
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes)
-            if not found:
-                raise CliError(f"{item}: no {ACCEPTED_IMAGES_TEXT} files in this folder "
-                               f"({', '.join(sorted(suffixes))})", EXIT_USAGE)
-            paths.extend(found)
-        else:
-            paths.append(item)
-    return paths
 
 
 async def _classify_all(args: argparse.Namespace, client: PaymentClient, paths: list[Path]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from gateway.cli._common import (
     add_json_flag,
     add_key_flag,
     emit,
+    expand_images,
     with_progress,
 )
 from gateway.cli.channel import add_gateway_flag, add_state_flag, open_client, run_sdk
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # the SDK loads aiohttp and web3: only inside the handler at 
 
 __all__ = ["register"]
 
-_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _SAMPLES_ENV = "PAYCHAN_SAMPLES_DIR"
 
 
@@ -95,7 +95,7 @@ def _add(args: argparse.Namespace) -> int:
         raise CliError("--label: give an ImageNet class name or a new name", EXIT_USAGE)
     if args.concurrency < 1:
         raise CliError("--concurrency: must be at least 1", EXIT_USAGE)
-    paths = _expand(args.images)
+    paths = expand_images(args.images)
     for path in paths:  # every image checked before the first is sent
         try:
             load_image(path)
@@ -105,19 +105,6 @@ def _add(args: argparse.Namespace) -> int:
     data = run_sdk(lambda: _send_all(args, client, paths))
     emit(args, data, _human)
     return EXIT_USAGE if data["refused"] else 0
-
-
-def _expand(items: list[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in _SUFFIXES)
-            if not found:
-                raise CliError(f"{item}: no JPEG, PNG or WebP files in this folder", EXIT_USAGE)
-            paths.extend(found)
-        else:
-            paths.append(item)
-    return paths
 
 
 async def _send_all(args: argparse.Namespace, client: PaymentClient, paths: list[Path]) -> dict[str, Any]:
