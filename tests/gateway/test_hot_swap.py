@@ -25,8 +25,9 @@ from gateway.app import create_app
 from inference import ModelStore
 from inference.model import DEFAULT_MODEL
 from tests.gateway.serving import serve
-from tests.gateway.test_model_versions import _variant
 from tests.gateway.test_paid import PRICE, paid_config
+from tests.polling import until
+from tests.weight_variants import variant
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.anvil, pytest.mark.slow]
 
@@ -38,9 +39,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("swap")
     models = ModelStore.open(root / "store")
     a = models.resolve("champion").id
-    b = models.import_weights(_variant(root / "b.pth", 0.75), DEFAULT_MODEL, parent=a).id
+    b = models.import_weights(variant(root / "b.pth", 0.75), DEFAULT_MODEL, parent=a).id
     # C claims a golden accuracy (a gate's figure) that these weights do not reach.
-    c = models.import_weights(_variant(root / "c.pth", -0.75), DEFAULT_MODEL, parent=a,
+    c = models.import_weights(variant(root / "c.pth", -0.75), DEFAULT_MODEL, parent=a,
                               metrics={"golden_top1": 1.0}).id
     assert models.aliases() == {"champion": a, "previous": None}
     return {"root": str(models.root), "a": a, "b": b, "c": c}
@@ -63,13 +64,6 @@ async def _status(s: aiohttp.ClientSession, url: str) -> dict:
     async with s.get(url + "/v1/models") as r:
         assert r.status == 200
         return await r.json()
-
-
-async def _until(predicate, what: str, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_paid_load_sees_no_error_across_promote_and_rollback(make_config, anvil, store, jpeg,
@@ -101,10 +95,11 @@ async def test_paid_load_sees_no_error_across_promote_and_rollback(make_config, 
 
         workers = [asyncio.create_task(pay_in_a_loop()) for _ in range(CLIENTS)]
         try:
-            await _until(lambda: _ready(answers, 2 * CLIENTS), "answers before the promote")
+            await until(lambda: _ready(answers, 2 * CLIENTS),
+                        240, 0.1, what="answers before the promote")
             await _cli("models", "promote", b[:12], "--models", store["root"])
-            await _until(lambda: _ready([x for x in answers if x[1] == "0x" + b], 2 * CLIENTS),
-                         "answers from the promoted version")
+            await until(lambda: _ready([x for x in answers if x[1] == "0x" + b], 2 * CLIENTS),
+                        240, 0.1, what="answers from the promoted version")
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -132,7 +127,7 @@ async def test_paid_load_sees_no_error_across_promote_and_rollback(make_config, 
         async def serving_a() -> bool:
             return (await _status(s, url))["swap"]["serving"] == a
 
-        await _until(serving_a, "the gateway to follow the rollback")
+        await until(serving_a, 240, 0.1, what="the gateway to follow the rollback")
         assert (await client.classify(jpeg)).model_version == "0x" + a
         assert (await client.classify(jpeg, model="previous")).model_version == "0x" + b
 
@@ -142,7 +137,7 @@ async def test_paid_load_sees_no_error_across_promote_and_rollback(make_config, 
         async def refused() -> bool:
             return (await _status(s, url))["swap"]["state"] == "refused"
 
-        await _until(refused, "the golden check to refuse C")
+        await until(refused, 240, 0.1, what="the golden check to refuse C")
         async with s.get(url + "/readyz") as r:
             ready = await r.json()
         assert r.status == 200 and ready["models"]["serving"] == a

@@ -18,25 +18,13 @@ from gateway.app import create_app
 from gateway.keys import PAYMENTS
 from inference import ModelStore
 from inference.model import DEFAULT_MODEL
-from inference.weights import bundled_weights_path, load_state_dict
 from tests.gateway.serving import serve
 from tests.gateway.test_paid import PRICE, paid_config
+from tests.weight_variants import variant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 JPEG = {"Content-Type": "image/jpeg"}
-
-
-def _variant(path: Path, delta: float) -> Path:
-    """A real weights file: the bundled state_dict with one output bias moved by ``delta``."""
-    import torch
-
-    state = load_state_dict(bundled_weights_path(DEFAULT_MODEL))
-    (name,) = [k for k, v in state.items() if k.endswith("bias") and tuple(v.shape) == (1000,)]
-    state[name] = state[name].clone()
-    state[name][0] += delta
-    torch.save(state, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +33,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
     models = ModelStore.open(root / "store")
     champion = models.resolve("champion").id
-    second = models.import_weights(_variant(root / "b.pth", 0.5), DEFAULT_MODEL, parent=champion).id
-    third = models.import_weights(_variant(root / "c.pth", 0.25), DEFAULT_MODEL, parent=champion).id
+    second = models.import_weights(variant(root / "b.pth", 0.5), DEFAULT_MODEL, parent=champion).id
+    third = models.import_weights(variant(root / "c.pth", 0.25), DEFAULT_MODEL, parent=champion).id
     models.promote(second)
     models.rollback()  # champion: the bundled one again; previous: second
     models.retire(third)

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +27,9 @@ from gateway.chain_setup import close_web3
 from inference import ModelStore
 from inference.model import DEFAULT_MODEL
 from tests.gateway.serving import serve
-from tests.gateway.test_model_versions import _variant
 from tests.gateway.test_paid import PRICE, paid_config
+from tests.polling import until
+from tests.weight_variants import variant
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.anvil, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def _store(root: Path) -> tuple[ModelStore, str]:
     """A store whose champion is weights no other test (or run) has published."""
     store = ModelStore.open(root / "store")
     delta = 0.01 + int.from_bytes(os.urandom(2), "big") / 65536
-    version = store.import_weights(_variant(root / "p.pth", delta), DEFAULT_MODEL)
+    version = store.import_weights(variant(root / "p.pth", delta), DEFAULT_MODEL)
     store.promote(version.id)
     return store, version.id
 
@@ -52,13 +52,6 @@ async def _models(s: aiohttp.ClientSession, url: str) -> dict:
     async with s.get(url + "/v1/models") as r:
         assert r.status == 200
         return await r.json()
-
-
-async def _until(predicate, what: str, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_the_champion_and_each_swapped_in_one_are_published_before_they_answer(
@@ -79,7 +72,7 @@ async def test_the_champion_and_each_swapped_in_one_are_published_before_they_an
                 async with s.get(url + "/readyz") as r:
                     return r.status == 200
 
-            await _until(ready, "the champion's publication")
+            await until(ready, 240, 0.1, what="the champion's publication")
             listing = await _models(s, url)
             assert listing["registry"]["address"] == registry_address
             assert listing["registry"]["chain_id"] == anvil.deployment.chain_id
@@ -103,14 +96,14 @@ async def test_the_champion_and_each_swapped_in_one_are_published_before_they_an
             assert result.model_version == "0x" + champion
 
             # A new champion is published before it answers.
-            second = store.import_weights(_variant(tmp_path / "q.pth", -0.5), DEFAULT_MODEL,
+            second = store.import_weights(variant(tmp_path / "q.pth", -0.5), DEFAULT_MODEL,
                                           parent=champion).id
             store.promote(second)
 
             async def swapped() -> bool:
                 return (await _models(s, url))["swap"]["serving"] == second
 
-            await _until(swapped, "the swap to the new champion")
+            await until(swapped, 240, 0.1, what="the swap to the new champion")
             assert await registry.is_published(bytes.fromhex(second))
             record = store.publication(second)
             assert record is not None and record["weights_hash"] == "0x" + second
@@ -127,7 +120,7 @@ async def test_the_champion_and_each_swapped_in_one_are_published_before_they_an
                 async with s.get(url + "/readyz") as r:
                     return r.status == 200
 
-            await _until(ready2, "the restarted gateway")
+            await until(ready2, 240, 0.1, what="the restarted gateway")
             registry = ModelRegistry(w3, registry_address)
             assert await registry.contract.functions.count().call() == count
             assert store.publication(second) == record
@@ -185,7 +178,7 @@ async def test_a_gateway_without_a_store_publishes_the_bundled_weights(make_conf
             async with s.get(url + "/readyz") as r:
                 return r.status == 200
 
-        await _until(ready, "the bundled weights' publication")
+        await until(ready, 240, 0.1, what="the bundled weights' publication")
         [row] = (await _models(s, url))["models"]
         assert row["registry"]["weights_hash"] == "0x" + bundled
         assert row["registry"]["tx_hash"] is None or row["registry"]["tx_hash"].startswith("0x")

@@ -13,20 +13,9 @@ import pytest
 from inference import ModelStore, ResidentModels
 from inference.model import DEFAULT_MODEL
 from inference.null_classifier import NullClassifier
-from inference.weights import bundled_weights_path, load_state_dict
+from tests.weight_variants import variant
 
 pytestmark = pytest.mark.asyncio
-
-
-def _variant(path: Path, delta: float) -> Path:
-    import torch
-
-    state = load_state_dict(bundled_weights_path(DEFAULT_MODEL))
-    (name,) = [k for k, v in state.items() if k.endswith("bias") and tuple(v.shape) == (1000,)]
-    state[name] = state[name].clone()
-    state[name][0] += delta
-    torch.save(state, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     models = ModelStore.open(root / "store")
     champion = models.resolve("champion").id
     for delta in (0.5, -0.5):
-        models.import_weights(_variant(root / f"{delta}.pth", delta), DEFAULT_MODEL, parent=champion)
+        models.import_weights(variant(root / f"{delta}.pth", delta), DEFAULT_MODEL, parent=champion)
     return models
 
 
