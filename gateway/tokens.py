@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # web3 loads with the check, not with the CLI
     from web3 import AsyncWeb3
 
-__all__ = ["TokenError", "TokenInfo", "format_amount", "parse_amount", "read_token"]
+__all__ = ["TokenError", "TokenInfo", "format_amount", "parse_amount", "read_token", "token_units"]
 
 
 class TokenError(ValueError):
@@ -38,10 +38,20 @@ def format_amount(units: int, decimals: int | None = None, symbol: str | None = 
     base = f"{units} base unit{'' if units == 1 else 's'}"
     if decimals is None or symbol is None:
         return base
-    text = format(Decimal(units).scaleb(-decimals), "f")
+    return f"{token_units(units, decimals, symbol)} ({base})"
+
+
+def token_units(units: int, decimals: int, symbol: str, *, grouped: bool = False) -> str:
+    """``units`` base units in token units with the symbol, no trailing zeros; ``grouped``
+    adds thousands separators.
+
+        >>> token_units(1_234_500_000, 6, "USDC", grouped=True)
+        '1,234.5 USDC'
+    """
+    text = format(Decimal(units).scaleb(-decimals), ",f" if grouped else "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return f"{text} {symbol} ({base})"
+    return f"{text} {symbol}"
 
 
 _AMOUNT = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z][A-Za-z0-9.]*)?\s*$")

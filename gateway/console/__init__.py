@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.tokens import token_units
 
 __all__ = ["enable_console"]
 
@@ -55,10 +55,7 @@ def _amount(value: Any, *, decimals: int | None, symbol: str | None) -> str:
         return "—"
     if decimals is None or symbol is None:
         return _units(value)
-    text = f"{Decimal(int(value)).scaleb(-decimals):,f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return f"{text} {symbol}"
+    return token_units(int(value), decimals, symbol, grouped=True)
 
 
 def _utc(t: Any) -> str:
